@@ -1,0 +1,1 @@
+"""Sub-commands of the ``vlkit`` command line; see :mod:`vlkit.cli`."""
