@@ -2,7 +2,7 @@
 
 Every notebook in ``notebooks/`` is thin: it explains, calls functions from here, and plots.
 """
-from vlkit.runs import record
+from vlkit.metrics import record
 
 __version__ = "0.1.0"
 __all__ = ["record", "__version__"]

@@ -1,6 +1,25 @@
-"""``vlkit run``: placeholder, registered so the CLI imports cleanly."""
+"""``vlkit run``: every notebook headless with papermill (see :mod:`vlkit.runs`)."""
+from __future__ import annotations
+
+from vlkit import runs
 
 
-def register(sub):
-    p = sub.add_parser("run", help="(not yet implemented)")
-    p.set_defaults(func=lambda args: print("not yet implemented") or 1)
+def register(sub) -> None:
+    p = sub.add_parser("run", help="execute the notebooks headless into papermill_runs/<run>/")
+    p.add_argument("--profile", default="full", choices=runs.PROFILES,
+                   help="smoke: seconds per notebook (CI); full: the default pipeline")
+    p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                   metavar=("NAME", "VALUE"), help="notebook parameter (repeatable)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per notebook")
+    p.add_argument("--notebooks", default=None, help="folder of NN_*.ipynb (default notebooks/)")
+    p.add_argument("--runs-dir", default=None, help="where run folders go (default papermill_runs/)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    params = {name: runs.parse_value(value) for name, value in args.parameter}
+    run_dir, record = runs.run_pipeline(args.profile, args.only, params, args.notebooks,
+                                        args.runs_dir, args.timeout)
+    print(f"run {record['status']}: {run_dir} ({record['seconds']:.0f} s)")
+    return 0 if record["status"] == "ok" else 1

@@ -1,0 +1,1 @@
+"""Pure plotting functions (data in, Figure out), one file per notebook topic."""
