@@ -55,3 +55,17 @@ def test_ci_calls_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make run" in readme
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_atomic_writes_leave_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    from vlkit import atomic
+    atomic.write_json(tmp_path / "a.json", {"x": 1})
+    with atomic.atomic_dir(tmp_path / "d") as d:
+        (d / "f").write_text("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o666 & ~mask
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o777 & ~mask

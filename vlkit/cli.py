@@ -36,4 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m vlkit.cli` runs this file as __main__, a second copy of the module; use the
+    # imported one so that its UserError is the class the sub-commands raise.
+    from vlkit.cli import main as _main
+    sys.exit(_main())
