@@ -1,0 +1,94 @@
+"""Attention implementations chosen per model, and capture of attention maps (notebooks 03, 07).
+
+Transformers 5 dispatches attention through ``AttentionInterface``: a model whose config says
+``_attn_implementation = "name"`` calls the function registered under that name in every
+attention layer, and builds its mask with the function registered under the same name in
+``AttentionMaskInterface``. So a paper's attention change (CMAI's inhibition of unfocused
+text->image pairs, notebook 07) is a plain function registered here; the LLM code is untouched.
+
+Built in: ``"sdpa"`` and ``"eager"`` (transformers), and ``"vlkit_capture"``: eager attention
+that also records each layer's attention probabilities while :func:`capture_attention` is active.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+_captures: list[dict[int, torch.Tensor]] = []  # stack: nested capture_attention contexts
+
+
+def register_attention(name: str, fn: Callable, mask: Callable = eager_mask) -> None:
+    """Register ``fn`` as attention implementation ``name`` (notebook 07).
+
+    ``fn(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw) ->
+    (out [B, Q, H, Dh], weights | None)``. ``mask`` builds the mask it receives; the default
+    ``eager_mask`` gives an additive float mask [B, 1, Q, K] (0 = attend, -inf = blocked).
+    """
+    AttentionInterface.register(name, fn)
+    AttentionMaskInterface.register(name, mask)
+
+
+def available_attention() -> list[str]:
+    """Attention implementations a model can use (notebook 03)."""
+    return sorted({"eager", *AttentionInterface().valid_keys()})
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    # grouped-query attention: each key/value head serves `groups` query heads
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def eager_attention(module: nn.Module, query, key, value, attention_mask, scaling: float,
+                    dropout: float = 0.0, **kwargs):
+    """Plain softmax(QK^T * scale + mask) V, returning the probabilities (notebook 07).
+
+    Written out here so that variants (capture, CMAI) can change one line of it.
+    """
+    groups = getattr(module, "num_key_value_groups", 1)
+    key, value = _repeat_kv(key, groups), _repeat_kv(value, groups)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[..., : key.shape[-2]]
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value).transpose(1, 2).contiguous()
+    return out, probs
+
+
+def capture_attention_forward(module: nn.Module, query, key, value, attention_mask, scaling: float,
+                              dropout: float = 0.0, **kwargs):
+    """Eager attention that records probabilities [B, H, Q, K] per layer when capturing."""
+    out, probs = eager_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
+    if _captures:
+        _captures[-1][getattr(module, "layer_idx", len(_captures[-1]))] = probs.detach()
+    return out, probs
+
+
+register_attention("vlkit_capture", capture_attention_forward)
+
+
+@contextlib.contextmanager
+def capture_attention() -> Iterator[dict[int, torch.Tensor]]:
+    """Collect attention maps of layers running ``vlkit_capture`` (notebook 03).
+
+    ``with capture_attention() as maps: model(**batch)`` -> ``maps[layer_idx]`` is [B, H, Q, K]
+    (the last forward call's maps; generation steps overwrite earlier ones).
+    """
+    maps: dict[int, torch.Tensor] = {}
+    _captures.append(maps)
+    try:
+        yield maps
+    finally:
+        _captures.remove(maps)
+
+
+def set_attention(model: nn.Module, name: str) -> None:
+    """Switch ``model`` (any transformers model, e.g. ``VLModel.language_model``) to attention ``name``."""
+    if name not in available_attention():
+        raise ValueError(f"unknown attention implementation {name!r}; known: {', '.join(available_attention())}")
+    model.set_attn_implementation(name)

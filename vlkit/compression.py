@@ -1,0 +1,69 @@
+"""Visual-token compressors: fewer visual tokens into the LLM (notebooks 03, 06).
+
+Same registry pattern as :mod:`vlkit.connectors`. A compressor sits between the connector
+and the LLM: ``forward(tokens [B, N, D], importance [B, N] | None) -> [B, M, D]`` and
+``num_tokens(N) -> M`` (a fixed M, so the processor can expand ``<image>`` to M slots).
+A compressor that wants per-token importance sets ``needs_importance = True``; the model then
+passes the vision tower's [cls]->patch attention at the feature layer (VMTC's signal).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+_REGISTRY: dict[str, type["Compressor"]] = {}
+
+
+def register_compressor(name: str) -> Callable[[type], type]:
+    """Class decorator: make a compressor buildable by ``name`` (notebook 06)."""
+
+    def wrap(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"compressor {name!r} is already registered ({_REGISTRY[name].__name__})")
+        _REGISTRY[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def available_compressors() -> list[str]:
+    """Names accepted by :func:`build_compressor` (notebook 06)."""
+    return sorted(_REGISTRY)
+
+
+def build_compressor(name: str, dim: int, **kwargs) -> "Compressor":
+    """Build the compressor registered as ``name`` for tokens of width ``dim`` (notebook 06)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown compressor {name!r}; known compressors: {', '.join(available_compressors())}")
+    return _REGISTRY[name](dim, **kwargs)
+
+
+class Compressor(nn.Module):
+    """Base class (notebook 06)."""
+
+    name = "base"
+    needs_importance = False
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+
+    def num_tokens(self, n: int) -> int:
+        raise NotImplementedError
+
+    def forward(self, tokens: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+@register_compressor("identity")
+class Identity(Compressor):
+    """Keep every visual token (the LLaVA default, notebook 03)."""
+
+    def num_tokens(self, n: int) -> int:
+        return n
+
+    def forward(self, tokens: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor:
+        return tokens

@@ -1,0 +1,256 @@
+"""VLModel: vision tower -> connector -> compressor -> causal LLM fed through inputs_embeds (notebook 03).
+
+The design follows LLaVA as transformers implements it (``LlavaForConditionalGeneration``): the
+processor expands every ``<image>`` in the text into ``num_image_tokens`` placeholder ids, the
+model embeds the text, computes the visual tokens and scatters them into those positions. What
+differs is that the connector and the compressor come from registries and the vision tower and
+LLM are *any* Hugging Face models, so each later notebook swaps one part by name.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForImageTextToText,
+                          GenerationMixin, PretrainedConfig, PreTrainedModel)
+from transformers.configuration_utils import SubConfigSpec
+
+import vlkit.attention  # noqa: F401  (registers vlkit_capture, so saved models using it reload)
+from vlkit.compression import build_compressor
+from vlkit.connectors import build_connector
+
+IMAGE_TOKEN = "<image>"
+
+
+class VLConfig(PretrainedConfig):
+    """Configuration of a :class:`VLModel` (notebook 03).
+
+    ``vision_config`` / ``text_config``: the towers' own configs (any HF vision model, any causal
+    LM). ``connector`` / ``compressor``: registry names, with ``*_kwargs`` for their options.
+    ``vision_feature_layer``: encoder layer the patch features come from (-2 = penultimate, as
+    LLaVA). ``keep_cls``: keep the [cls] token (LLaVA drops it). ``image_token_id``: the
+    tokenizer's ``<image>`` id. ``llm_attn_implementation``: attention function of the LLM
+    (``sdpa``, ``eager`` or one registered in :mod:`vlkit.attention`); saved with the model.
+    """
+
+    model_type = "vlkit"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model"),
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PretrainedConfig | None = None
+    text_config: dict | PretrainedConfig | None = None
+    connector: str = "linear"
+    connector_kwargs: dict | None = None
+    compressor: str = "identity"
+    compressor_kwargs: dict | None = None
+    vision_feature_layer: int = -2
+    keep_cls: bool = False
+    image_token_id: int | None = None
+    llm_attn_implementation: str | None = None
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.connector_kwargs = dict(self.connector_kwargs or {})
+        self.compressor_kwargs = dict(self.compressor_kwargs or {})
+
+
+def _vision_has_cls(tower: nn.Module) -> bool:
+    """True when the tower prepends a [cls] token (CLIP does, SigLIP does not)."""
+    for m in tower.modules():
+        if hasattr(m, "num_patches") and hasattr(m, "num_positions"):
+            return m.num_positions == m.num_patches + 1
+    return False
+
+
+class VLModel(PreTrainedModel, GenerationMixin):
+    """Vision-language model: encoder -> connector -> compressor -> LLM (notebook 03).
+
+    ``forward(input_ids, pixel_values, attention_mask, labels)`` returns the LLM's output
+    (loss over positions whose label is not -100: the processor labels assistant turns only).
+    """
+
+    config_class = VLConfig
+    base_model_prefix = ""
+    main_input_name = "input_ids"
+    input_modalities = ("image", "text")
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+    supports_gradient_checkpointing = True
+
+    def __init__(self, config: VLConfig, vision_tower: nn.Module | None = None,
+                 language_model: nn.Module | None = None):
+        super().__init__(config)
+        self.vision_tower = vision_tower if vision_tower is not None else AutoModel.from_config(config.vision_config)
+        self.language_model = (language_model if language_model is not None
+                               else AutoModelForCausalLM.from_config(config.text_config))
+        vcfg, tcfg = config.vision_config, config.text_config
+        self.has_cls = _vision_has_cls(self.vision_tower)
+        self.num_patches = (vcfg.image_size // vcfg.patch_size) ** 2
+        self.connector = build_connector(
+            config.connector, vcfg.hidden_size, tcfg.hidden_size,
+            feature_layer=config.vision_feature_layer, keep_cls=config.keep_cls, has_cls=self.has_cls,
+            **config.connector_kwargs)
+        self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
+        self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
+        # Models built by their constructor may leave the implementation unset (None), and then
+        # transformers falls back to eager attention WITHOUT a causal mask: always pin it.
+        self.language_model.set_attn_implementation(
+            config.llm_attn_implementation or self.language_model.config._attn_implementation or "sdpa")
+        # [cls]->patch importance needs attention probabilities, which only eager attention returns
+        self.vision_tower.set_attn_implementation(
+            "eager" if self.compressor.needs_importance else self.vision_tower.config._attn_implementation or "sdpa")
+        self.post_init()
+
+    # --- building -----------------------------------------------------------------------
+    @classmethod
+    def from_backbones(cls, vision: Any, llm: Any, tokenizer, connector: str = "linear",
+                       connector_kwargs: dict | None = None, compressor: str = "identity",
+                       compressor_kwargs: dict | None = None, vision_feature_layer: int = -2,
+                       keep_cls: bool = False, llm_attn_implementation: str | None = None,
+                       llm_quantization_config=None) -> "VLModel":
+        """Assemble a VLModel from a vision tower and an LLM (notebook 03).
+
+        ``vision`` / ``llm``: model objects, or names/paths loaded with ``from_pretrained``
+        (a full ``CLIPModel``/``SiglipModel`` contributes its vision half). ``tokenizer`` must
+        have a single ``<image>`` token that the LLM's vocabulary covers.
+        """
+        vision = _load_vision(vision)
+        if isinstance(llm, (str, bytes)) or hasattr(llm, "__fspath__"):
+            llm = AutoModelForCausalLM.from_pretrained(str(llm), quantization_config=llm_quantization_config)
+        if getattr(llm, "is_loaded_in_4bit", False):
+            from vlkit.train import bnb_cpu_safe
+            bnb_cpu_safe(llm)
+        image_id = _image_token_id(tokenizer)
+        vocab = llm.get_input_embeddings().num_embeddings
+        if len(tokenizer) > vocab:
+            raise ValueError(f"tokenizer has {len(tokenizer)} tokens but the LLM's embedding table has {vocab}; "
+                             "call llm.resize_token_embeddings(len(tokenizer)) first")
+        config = VLConfig(vision_config=vision.config, text_config=llm.config, connector=connector,
+                          connector_kwargs=connector_kwargs, compressor=compressor,
+                          compressor_kwargs=compressor_kwargs, vision_feature_layer=vision_feature_layer,
+                          keep_cls=keep_cls, image_token_id=image_id,
+                          llm_attn_implementation=llm_attn_implementation)
+        model = cls(config, vision_tower=vision, language_model=llm)
+        gen = model.generation_config
+        gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        gen.bos_token_id = tokenizer.bos_token_id
+        model.language_model.generation_config = gen
+        return model
+
+    # --- plumbing for transformers ---------------------------------------------------------
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.language_model.get_output_embeddings()
+
+    # --- forward ---------------------------------------------------------------------------
+    def encode_images(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                      text_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Images [B, C, H, W] -> visual tokens [B, num_image_tokens, D_text] (notebook 03)."""
+        need_attn = self.compressor.needs_importance
+        out = self.vision_tower(pixel_values=pixel_values.to(self.vision_dtype), output_hidden_states=True,
+                                output_attentions=need_attn, return_dict=True)
+        tokens = self.connector(out.hidden_states, text_embeds=text_embeds, text_mask=text_mask)
+        importance = None
+        if need_attn:
+            # [cls] -> patch attention at the feature layer, averaged over heads (VMTC's signal);
+            # attentions[i] belongs to the layer producing hidden_states[i + 1]
+            layer = self.config.vision_feature_layer % len(out.hidden_states) - 1
+            attn = out.attentions[layer].mean(1)
+            importance = attn[:, 0, 1:] if self.has_cls else attn.mean(1)
+        return self.compressor(tokens, importance=importance)
+
+    @property
+    def vision_dtype(self) -> torch.dtype:
+        return next(self.vision_tower.parameters()).dtype
+
+    def embed(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03)."""
+        embeds = self.get_input_embeddings()(input_ids)
+        slots = input_ids == self.config.image_token_id
+        n_slots, n_images = int(slots.sum()), 0 if pixel_values is None else pixel_values.shape[0]
+        if n_slots != n_images * self.num_image_tokens:
+            raise ValueError(
+                f"the batch has {n_slots} image-token slots ({n_slots / self.num_image_tokens:g} <image> of "
+                f"{self.num_image_tokens} tokens each) but {n_images} images; each <image> in the text needs "
+                "exactly one image (use VLProcessor to expand <image>)")
+        if n_images == 0:
+            return embeds
+        text_embeds = text_mask = None
+        if self.connector.uses_text:
+            if n_images != input_ids.shape[0]:
+                raise ValueError(f"connector {self.config.connector!r} reads the text, so it needs one image "
+                                 f"per example; got {n_images} images for {input_ids.shape[0]} examples")
+            text_embeds = embeds
+            text_mask = ~slots if attention_mask is None else attention_mask.bool() & ~slots
+        visual = self.encode_images(pixel_values, text_embeds, text_mask)
+        return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+
+    def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+                inputs_embeds: torch.Tensor | None = None, **kwargs):
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask)
+            if labels is not None:  # never predict the image placeholders
+                labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
+        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                   labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:
+        """Generate a continuation of left-padded prompts; returns only the NEW tokens (notebook 03)."""
+        embeds = self.embed(input_ids, pixel_values, attention_mask)
+        self.language_model.generation_config = self.generation_config  # pad/eos saved with the VLModel
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, path, *args, **kwargs) -> "VLModel":
+        """Load a saved VLModel; a checkpoint whose tensor shapes contradict its config is an error."""
+        want_info = kwargs.pop("output_loading_info", False)
+        strict = not kwargs.get("ignore_mismatched_sizes", False)
+        kwargs["ignore_mismatched_sizes"] = True  # collect mismatches, then name them in one clear error
+        model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        bad = info.get("mismatched_keys") or []
+        missing = [k for k in info.get("missing_keys") or [] if "lora_" not in k]
+        if strict and (bad or missing):
+            what = "; ".join([f"{k}: checkpoint {tuple(a)} vs config {tuple(b)}" for k, a, b in list(bad)[:5]]
+                             + [f"missing {k}" for k in missing[:5]])
+            raise ValueError(f"checkpoint {path} does not match its config ({len(bad)} shape mismatches, "
+                             f"{len(missing)} missing tensors): {what}")
+        return (model, info) if want_info else model
+
+
+def _image_token_id(tokenizer) -> int:
+    ids = tokenizer.encode(IMAGE_TOKEN, add_special_tokens=False)
+    tid = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    if len(ids) != 1 or tid is None or tid == tokenizer.unk_token_id:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no single {IMAGE_TOKEN!r} token; "
+                         f"add it with tokenizer.add_special_tokens({{'additional_special_tokens': ['{IMAGE_TOKEN}']}})")
+    return tid
+
+
+def _load_vision(vision: Any) -> nn.Module:
+    if isinstance(vision, (str, bytes)) or hasattr(vision, "__fspath__"):
+        vision = AutoModel.from_pretrained(str(vision))
+    if hasattr(vision, "vision_model") and hasattr(vision, "text_model"):  # full CLIP/SigLIP: keep the image half
+        tower = AutoModel.from_config(vision.config.vision_config)
+        getattr(tower, "vision_model", tower).load_state_dict(vision.vision_model.state_dict())
+        vision = tower
+    return vision
+
+
+AutoConfig.register("vlkit", VLConfig, exist_ok=True)
+AutoModel.register(VLConfig, VLModel, exist_ok=True)
+AutoModelForImageTextToText.register(VLConfig, VLModel, exist_ok=True)
