@@ -8,37 +8,24 @@ passes the vision tower's [cls]->patch attention at the feature layer (VMTC's si
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, type["Compressor"]] = {}
+from vlkit.registry import Registry
 
-
-def register_compressor(name: str) -> Callable[[type], type]:
-    """Class decorator: make a compressor buildable by ``name`` (notebook 06)."""
-
-    def wrap(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"compressor {name!r} is already registered ({_REGISTRY[name].__name__})")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+COMPRESSORS = Registry("compressor")
+register_compressor = COMPRESSORS.register
 
 
 def available_compressors() -> list[str]:
-    """Names accepted by :func:`build_compressor` (notebook 06)."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`build_compressor`."""
+    return COMPRESSORS.names()
 
 
 def build_compressor(name: str, dim: int, **kwargs) -> "Compressor":
     """Build the compressor registered as ``name`` for tokens of width ``dim`` (notebook 06)."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown compressor {name!r}; known compressors: {', '.join(available_compressors())}")
-    return _REGISTRY[name](dim, **kwargs)
+    return COMPRESSORS.build(name, dim, **kwargs)
 
 
 class Compressor(nn.Module):

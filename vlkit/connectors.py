@@ -16,30 +16,19 @@ Interface, for every connector:
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import nn
 
-_REGISTRY: dict[str, type["Connector"]] = {}
+from vlkit.registry import Registry
 
-
-def register_connector(name: str) -> Callable[[type], type]:
-    """Class decorator: make a connector buildable by ``name`` (notebook 03)."""
-
-    def wrap(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"connector {name!r} is already registered ({_REGISTRY[name].__name__})")
-        _REGISTRY[name] = cls
-        cls.name = name
-        return cls
-
-    return wrap
+CONNECTORS = Registry("connector")
+register_connector = CONNECTORS.register
 
 
 def available_connectors() -> list[str]:
-    """Names accepted by :func:`build_connector` (notebook 03)."""
-    return sorted(_REGISTRY)
+    """Names accepted by :func:`build_connector`."""
+    return CONNECTORS.names()
 
 
 def build_connector(name: str, vision_hidden: int, text_hidden: int, **kwargs) -> "Connector":
@@ -48,9 +37,7 @@ def build_connector(name: str, vision_hidden: int, text_hidden: int, **kwargs) -
     ``kwargs`` go to the connector's constructor (``feature_layer``, ``keep_cls``, ``has_cls``
     and connector-specific options such as a hidden size).
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown connector {name!r}; known connectors: {', '.join(available_connectors())}")
-    return _REGISTRY[name](vision_hidden, text_hidden, **kwargs)
+    return CONNECTORS.build(name, vision_hidden, text_hidden, **kwargs)
 
 
 class Connector(nn.Module):
