@@ -39,6 +39,8 @@ OPTIONAL = ("task", "topic", "category", "skill", "lecture", "solution")
 # The subset the notebook reports against the bag-of-attributes baseline.
 BINDING_CATEGORY = "Attribute binding"
 LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
+# For answers given as the option's text (scored by likelihood, see vlkit.vlm_eval.rank_choices).
+CHOICE_INSTRUCTION = "Answer with the text of the correct option."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,14 +167,20 @@ def build_prompt(problem: dict, image_token: str | None = "<image>",
     return text
 
 
+ANSWER_STYLES = ("letter", "sentence", "choice")
+
+
 def answer_text(problem: dict, style: str = "letter") -> str:
-    """The target answer: ``"B"`` (LLaVA-1.5) or ``"The answer is B."`` (LLaVA v1)."""
+    """The target answer: ``"B"`` (LLaVA-1.5), ``"The answer is B."`` (LLaVA v1) or the
+    option's own text (``"choice"``, for scoring by likelihood)."""
     letter = OPTIONS[problem["answer"]]
     if style == "letter":
         return letter
     if style == "sentence":
         return f"The answer is {letter}."
-    raise ValueError(f"unknown answer style {style!r} (expected 'letter' or 'sentence')")
+    if style == "choice":
+        return problem["choices"][problem["answer"]]
+    raise ValueError(f"unknown answer style {style!r} (expected one of {ANSWER_STYLES})")
 
 
 def to_llava_json(problems: dict[str, dict], style: str = "letter") -> list[dict]:
@@ -187,7 +195,8 @@ def to_llava_json(problems: dict[str, dict], style: str = "letter") -> list[dict
         if p["image"]:
             rec["image"] = f"images/{p['split']}/{pid}/{p['image']}"
         rec["conversations"] = [
-            {"from": "human", "value": build_prompt(p)},
+            {"from": "human", "value": build_prompt(
+                p, instruction=CHOICE_INSTRUCTION if style == "choice" else LLAVA_INSTRUCTION)},
             {"from": "gpt", "value": answer_text(p, style)},
         ]
         out.append(rec)

@@ -1,0 +1,178 @@
+"""Notebook 03's recipe on tiny backbones: stage 1 trains the connector only, stages are cached,
+the evaluation scores a model end to end, the image-blind baseline really blanks the image."""
+from __future__ import annotations
+
+import matplotlib
+import pytest
+import torch
+from safetensors.torch import load_file
+
+matplotlib.use("Agg")
+
+import _vltiny as T  # noqa: E402
+from vlkit import llava, vlm_eval  # noqa: E402
+from vlkit import train as train_mod  # noqa: E402
+from vlkit.backbones import image_processor  # noqa: E402
+from vlkit.benchmarks import scienceqa as sqa  # noqa: E402
+from vlkit.data import DataConfig  # noqa: E402
+
+VARIANT = llava.Variant("tiny")
+
+
+@pytest.fixture(scope="module")
+def cfg(tmp_path_factory):
+    """A LlavaConfig on 16-px tiny backbones saved like ensure_backbones' folders, 16 images."""
+    root = tmp_path_factory.mktemp("llava")
+    vision, llm = T.backbones()
+    vision.save_pretrained(root / "vision")
+    image_processor(16).save_pretrained(root / "vision")
+    llm.save_pretrained(root / "llm")
+    T.tokenizer().save_pretrained(root / "tokenizer")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VLKIT_ARTIFACTS", str(root / "artifacts"))
+        data = DataConfig.for_profile("smoke", n_images=16, write_hf=False)
+        yield llava.LlavaConfig.for_profile(
+            "smoke", vision=str(root / "vision"), llm=str(root / "llm"), tokenizer=str(root / "tokenizer"),
+            data=data, n_problems=30, stage1_steps=2, stage2_steps=2, stage1_batch=2, stage2_batch=2,
+            max_length=512, bench_scenes=1, bench_max_new_tokens=4, sqa_max_new_tokens=4)
+
+
+def test_stage1_trains_only_the_connector(cfg, monkeypatch):
+    seen = {}
+    real = train_mod.train
+
+    def spy(model, ds, tc, **kw):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        r = real(model, ds, tc, **kw)
+        seen["changed"] = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
+        return r
+
+    monkeypatch.setattr(train_mod, "train", spy)
+    path = llava.ensure_stage1(cfg, "mlp2x_gelu")
+    assert seen["changed"] and all(n.startswith("connector.") for n in seen["changed"])
+    assert seen["trainable"] and all(n.startswith("connector.") for n in seen["trainable"])
+    saved = load_file(path / "connector.safetensors")
+    assert set(saved) == {n.removeprefix("connector.") for n in seen["trainable"]}
+    assert len((path / "losses.json").read_text()) > 2
+
+
+def test_stage2_is_cached_and_loads_what_it_trained(cfg):
+    before = dict(llava.TRAIN_CALLS)
+    p1 = llava.ensure_stage2(cfg, VARIANT)
+    assert llava.TRAIN_CALLS["stage2"] == before["stage2"] + 1
+    mtime = (p1 / "trainable.safetensors").stat().st_mtime
+    p2 = llava.ensure_stage2(cfg, VARIANT)
+    assert p2 == p1 and llava.TRAIN_CALLS["stage2"] == before["stage2"] + 1
+    assert (p1 / "trainable.safetensors").stat().st_mtime == mtime
+    # stage 1 of the same connector was trained once and is reused
+    assert llava.TRAIN_CALLS["stage1"] <= before["stage1"] + 1
+    model, _ = llava.load_stage2(cfg, VARIANT)
+    saved = load_file(p1 / "trainable.safetensors")
+    params = dict(model.named_parameters())
+    assert any(n.startswith("language_model.") for n in saved)  # stage 2 trains the LLM too
+    assert all(torch.equal(params[n], t) for n, t in saved.items())
+    assert llava.TRAIN_CALLS["stage2"] == before["stage2"] + 1  # loading did not retrain
+
+
+@pytest.mark.parametrize("style", llava.ANSWER_STYLES)
+def test_scienceqa_to_llava_round_trip(cfg, style):
+    root = llava.scienceqa_dir(cfg)
+    problems = sqa.select(sqa.load_problems(root), split="train")
+    records = llava.scienceqa_to_llava(problems, style)
+    assert [r["id"] for r in records] == list(problems)
+    for rec in records:
+        p = problems[rec["id"]]
+        human, gpt = rec["conversations"]
+        instruction = sqa.CHOICE_INSTRUCTION if style == "choice" else sqa.LLAVA_INSTRUCTION
+        assert human["value"] == sqa.build_prompt(p, instruction=instruction)
+        assert human["value"].startswith("<image>\n") == bool(p["image"])
+        letter = sqa.OPTIONS[p["answer"]]
+        if style == "answer":
+            assert gpt["value"] == f"The answer is {letter}."
+        elif style == "choice":
+            assert gpt["value"] == p["choices"][p["answer"]]
+        else:
+            assert gpt["value"] == f"{p['solution']} The answer is {letter}."
+        assert sqa.parse_answer(gpt["value"], p["choices"]) == p["answer"]
+        if p["image"]:
+            assert (root / rec["image"]).is_file()
+    with pytest.raises(ValueError):
+        llava.scienceqa_to_llava(problems, "poem")
+
+
+def test_evaluation_scores_end_to_end_and_blind_blanks_the_image(cfg, monkeypatch):
+    model, proc = llava.load_stage2(cfg, VARIANT)
+    root = llava.scienceqa_dir(cfg)
+    test = sqa.select(sqa.load_problems(root), split="test", has_image=True)
+    assert test
+    pixels = []
+    real = model.generate
+
+    def spy(**batch):
+        pixels.append(batch["pixel_values"])
+        return real(**batch)
+
+    monkeypatch.setattr(model, "generate", spy)
+    seeing = vlm_eval.answer_scienceqa(model, proc, test, root, batch_size=4, max_new_tokens=3, progress=False)
+    blind = vlm_eval.answer_scienceqa(model, proc, test, root, blind=True, batch_size=4, max_new_tokens=3,
+                                      progress=False)
+    n = (len(test) + 3) // 4
+    seen_px, blind_px = torch.cat(pixels[:n]), torch.cat(pixels[n:])
+    assert seen_px.flatten(1).std(1).min() > 0             # real images vary
+    assert torch.all(blind_px.flatten(2).std(2) == 0)       # blank images: constant per channel
+    assert set(seeing) == set(blind) == set(test)
+
+    monkeypatch.undo()
+    result = vlm_eval.evaluate_variant(cfg, VARIANT)
+    s = result["scienceqa"]
+    all_test = sqa.select(sqa.load_problems(root), split="test")
+    assert s["total"] == len(all_test) and set(result["answers"]) == set(all_test)
+    assert set(result["answers_blind"]) == set(test)
+    assert 0 <= s["Avg"] <= 100 and s["correct"] + s["unparsed"] <= s["total"]
+    assert set(result["bench"]) >= {"overall", "malformed"}
+    assert result["llm_bytes"] > 0
+    base = vlm_eval.baselines(root)
+    table = vlm_eval.results_table({"tiny": result}, base)
+    assert list(table.index) == ["tiny", "tiny, image blind", "chance", "bag of attributes"]
+    assert table.loc["chance", "Avg"] == pytest.approx(sqa.chance_accuracy(all_test), abs=0.01)
+
+
+def test_config_profiles_and_variants():
+    with pytest.raises(ValueError):
+        llava.LlavaConfig.for_profile("huge")
+    with pytest.raises(ValueError):
+        llava.Variant("bad", recipe="lora")
+    with pytest.raises(ValueError):
+        llava.Variant("bad", types=("poems",))
+    smoke = llava.LlavaConfig.for_profile("smoke", stage2_steps=None)
+    assert smoke.stage2_steps == 4  # None keeps the profile's value
+    assert len({v.name for v in llava.VARIANTS}) == len(llava.VARIANTS)
+    # a different variant or config is a different cache key
+    k = llava.stage2_key(smoke, llava.MAIN)
+    assert llava.stage2_key(smoke, llava.VARIANTS[1]) != k
+    assert llava.stage2_key(llava.LlavaConfig.for_profile("smoke", seed=1), llava.MAIN) != k
+
+
+def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
+    model, proc = llava.load_stage2(cfg, VARIANT)
+    root = llava.scienceqa_dir(cfg)
+    test = dict(list(sqa.select(sqa.load_problems(root), split="test").items())[:6])
+    batched = vlm_eval.rank_choices(model, proc, test, root, batch_size=7, progress=False)
+    assert set(batched) == set(test)
+
+    # reference: each option scored alone (no padding), by summed log-probability of its tokens
+    for pid, p in test.items():
+        scores = []
+        for choice in p["choices"]:
+            conv = [{"from": "human", "value": sqa.build_prompt(p, instruction=sqa.CHOICE_INSTRUCTION)},
+                    {"from": "gpt", "value": choice}]
+            img = vlm_eval._images({pid: p}, root, blind=False)
+            batch = proc([conv], img)
+            labels = batch.pop("labels")
+            with torch.no_grad():
+                logp = torch.log_softmax(model(**batch).logits[0, :-1].float(), -1)
+            target = labels[0, 1:]
+            keep = target != -100
+            scores.append(logp[keep].gather(-1, target[keep].unsqueeze(-1)).sum().item())
+        assert batched[pid] == max(range(len(scores)), key=scores.__getitem__)
