@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vlkit import world as W
+
+if TYPE_CHECKING:  # for annotations only: transformers is imported lazily below
+    import transformers
 
 PROFILES = ("smoke", "full")
 

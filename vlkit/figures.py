@@ -3,9 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 from vlkit import atomic, paths
-
 
 
 def save(fig, name: str, dpi: int = 120) -> Path:
