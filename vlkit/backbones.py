@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
@@ -117,12 +118,6 @@ class BackboneConfig:
         else:
             raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
         return cls(profile=profile, **{**base, **overrides})
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -391,7 +386,7 @@ def train_clip(cfg: BackboneConfig, tokenizer, progress: bool = True,
     Returns ``(clip, history)``; ``history`` is a list of logged dicts (step, losses, lr, s).
     """
     from transformers import CLIPModel
-    _seed_all(cfg.seed)
+    set_seed(cfg.seed)
     clip = CLIPModel(tiny_clip_config(cfg, tokenizer))
     n_cls = len(conjunction_classes(cfg.world))
     heads = nn.ModuleDict({"dense": DenseHead(cfg.vision_width, n_cls),
@@ -662,7 +657,7 @@ def train_llm(cfg: BackboneConfig, tokenizer, train_blocks: torch.Tensor, progre
               on_log: Callable[[dict], None] | None = None):
     """Pretrain a tiny ``LlamaForCausalLM`` on packed text blocks (notebook 02). Returns ``(llm, history)``."""
     from transformers import LlamaForCausalLM
-    _seed_all(cfg.seed)
+    set_seed(cfg.seed)
     llm = LlamaForCausalLM(tiny_llm_config(cfg, tokenizer))
     decay = [p for p in llm.parameters() if p.ndim >= 2]
     no_decay = [p for p in llm.parameters() if p.ndim < 2]

@@ -18,12 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
+from accelerate.utils import set_seed
 from safetensors.torch import load_file, save_file
 from torch.utils.data import ConcatDataset
 
@@ -154,13 +152,6 @@ class LlavaConfig:
 
 # ------------------------------------------------------------------------------ components
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (same config + seed -> same metrics on CPU)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def backbone_paths(cfg: LlavaConfig) -> dict[str, str]:
     """``vision``, ``llm``, ``tokenizer``: the overrides, else the cached tiny backbones (notebook 03)."""
     if cfg.vision and cfg.llm and cfg.tokenizer:
@@ -198,7 +189,7 @@ def build_model(cfg: LlavaConfig, connector: str = "linear"):
     from vlkit.processor import VLProcessor
     p = backbone_paths(cfg)
     tok = load_tokenizer(p["tokenizer"])
-    seed_everything(cfg.seed)  # the connector's initialisation depends only on the seed
+    set_seed(cfg.seed)  # the connector's initialisation depends only on the seed
     model = VLModel.from_backbones(build_vision_tower(p["vision"]), build_llm(p["llm"]), tok, connector=connector)
     proc = VLProcessor.for_model(model, AutoImageProcessor.from_pretrained(p["vision"]), tok,
                                  max_length=cfg.max_length)

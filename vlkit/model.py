@@ -19,8 +19,7 @@ from transformers.configuration_utils import SubConfigSpec
 import vlkit.attention  # noqa: F401  (registers vlkit_capture, so saved models using it reload)
 from vlkit.compression import build_compressor
 from vlkit.connectors import build_connector
-
-IMAGE_TOKEN = "<image>"
+from vlkit.tokenizer import IMAGE_TOKEN
 
 
 class VLConfig(PretrainedConfig):
