@@ -4,13 +4,16 @@ Same tiny CLIP (4 layers x 128) + Llama (4 layers x 256), same 2-layer GELU proj
 only kind, so VLModel uses ``mlp2x_gelu``), same weights, same batch (32 x 128 tokens: 64 image
 tokens + 64 text tokens). Both are timed in one process, alternating rounds so CPU contention
 from other jobs hits both alike; the median step time counts. MFU = model FLOPs / time against
-an fp32 matmul peak measured here with a large torch.matmul.
+an fp32 matmul peak measured here with a large torch.matmul. A third model, ``vlkit-bf16``, is
+the same VLModel (its own copy) trained under bf16 autocast, as notebook 03 trains
+(``LlavaConfig.mixed_precision="bf16"``): its ratio to fp32 is the mixed-precision speed-up.
 
     python benchmarks/bench_train_throughput.py [--rounds 5 --steps 3 --batch 32]
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -103,12 +106,13 @@ def main() -> None:
     with torch.no_grad():
         la, oa = llava(**b).loss, ours(**b).loss
     print(f"same loss on same weights: llava {la.item():.6f} vlkit {oa.item():.6f}")
-    models = {"llava": llava, "vlkit": ours}
+    models = {"llava": llava, "vlkit": ours, "vlkit-bf16": copy.deepcopy(ours)}
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
 
     def step(k):
         m, o = models[k], opts[k]
-        loss = m(**b).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=k.endswith("bf16")):
+            loss = m(**b).loss
         loss.backward()
         o.step()
         o.zero_grad(set_to_none=True)
@@ -134,12 +138,14 @@ def main() -> None:
     for k in models:
         med, fast = statistics.median(times[k]), min(times[k])
         res[k], best[k] = tok / med, tok / fast
-        print(f"{k:6s} median step {med * 1e3:7.1f} ms  {res[k]:8.0f} tokens/s  MFU {flops / med / peak:5.1%}"
+        print(f"{k:10s} median step {med * 1e3:7.1f} ms  {res[k]:8.0f} tokens/s  MFU {flops / med / peak:5.1%}"
               f"  | best step {fast * 1e3:7.1f} ms {best[k]:8.0f} tokens/s  MFU {flops / fast / peak:5.1%}"
               f"  (rounds: {', '.join(f'{t * 1e3:.0f}' for t in times[k])} ms)")
     # under CPU contention from other jobs the best round is the steadier estimate
     print(f"ratio vlkit / llava tokens/s: median {res['vlkit'] / res['llava']:.3f}, "
           f"best {best['vlkit'] / best['llava']:.3f} (target >= 0.95)")
+    print(f"ratio vlkit bf16 / fp32 tokens/s: median {res['vlkit-bf16'] / res['vlkit']:.3f}, "
+          f"best {best['vlkit-bf16'] / best['vlkit']:.3f}")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,11 @@ def test_config_profiles_and_variants():
     k = llava.stage2_key(smoke, llava.MAIN)
     assert llava.stage2_key(smoke, llava.VARIANTS[1]) != k
     assert llava.stage2_key(llava.LlavaConfig.for_profile("smoke", seed=1), llava.MAIN) != k
+    assert llava.stage2_key(llava.LlavaConfig.for_profile("smoke", mixed_precision="no"), llava.MAIN) != k
+    with pytest.raises(ValueError, match="mixed_precision"):
+        llava.LlavaConfig.for_profile("smoke", mixed_precision="fp8")
+    full = llava.LlavaConfig.for_profile("full")
+    assert full.scienceqa.split_shares == tuple(full.sqa_splits)
 
 
 def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):

@@ -168,3 +168,17 @@ def test_plots_draw_from_stats(dataset):
     assert sum(p.get_height() for p in figs[3].axes[0].patches) == sum(stats["answer_length_hist"]["counts"])
     for f in figs:
         plt.close(f)
+
+
+def test_dataset_lengths_feed_length_grouping(tmp_path):
+    from torch.utils.data import ConcatDataset
+
+    from vlkit.llava_dataset import LlavaDataset
+    from vlkit.train import example_lengths
+    p = tmp_path / "real.json"
+    p.write_text(json.dumps(REAL))
+    ds = LlavaDataset(p)
+    assert ds.lengths == [39, 18]  # words over all turns
+    assert example_lengths(ConcatDataset([ds, ds])) == [39, 18, 39, 18]
+    with pytest.raises(ValueError, match="group_by_length needs a dataset with .lengths"):
+        example_lengths([1, 2, 3])

@@ -53,9 +53,18 @@ class LlavaDataset(Dataset):
         self.records = records[:limit] if limit is not None else records
         self.cache_images = cache_images
         self._cache: dict[int, Image.Image] = {}
+        self._lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Words per record, all turns together: the length that
+        ``TrainConfig(group_by_length=...)`` buckets batches by (no tokenizer needed)."""
+        if self._lengths is None:
+            self._lengths = [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
+        return self._lengths
 
     def image_path(self, i: int) -> Path | None:
         rel = self.records[i].get("image")

@@ -86,17 +86,19 @@ def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, 
     """
     model.eval()
     pids, images = list(problems), _images(problems, root, blind)
+    prompts = [sqa.build_prompt(problems[pid], instruction=sqa.CHOICE_INSTRUCTION) for pid in pids]
     items = [(k, j) for k, pid in enumerate(pids) for j in range(len(problems[pid]["choices"]))]
     scores = torch.full((len(items),), float("-inf"))
-    chunks = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+    # similar lengths batched together: less padding (the scores do not depend on the batching)
+    order = sorted(range(len(items)), key=lambda i: len(prompts[items[i][0]]))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     for chunk in tqdm(chunks, desc="ScienceQA choices" + (" (blind)" if blind else ""),
                       disable=not progress or len(chunks) < 2):
         convs, imgs = [], []
         for i in chunk:
             k, j = items[i]
-            p = problems[pids[k]]
-            convs.append([{"from": "human", "value": sqa.build_prompt(p, instruction=sqa.CHOICE_INSTRUCTION)},
-                          {"from": "gpt", "value": p["choices"][j]}])
+            convs.append([{"from": "human", "value": prompts[k]},
+                          {"from": "gpt", "value": problems[pids[k]]["choices"][j]}])
             imgs.append(images[k])
         batch = processor(convs, imgs)
         labels = batch.pop("labels")
@@ -197,7 +199,7 @@ def _subset_accuracy(subset: dict[str, dict], answers: dict[str, str]) -> float 
 def eval_key(cfg: "llava.LlavaConfig", variant: "llava.Variant", blind: bool = True) -> dict:
     return {"model": llava.stage2_key(cfg, variant), "blind": blind, "eval_batch": cfg.eval_batch,
             "sqa_max_new_tokens": cfg.sqa_max_new_tokens, "sqa_eval": cfg.sqa_eval, "bench_scenes": cfg.bench_scenes,
-            "bench_max_new_tokens": cfg.bench_max_new_tokens, "version": 2}
+            "bench_max_new_tokens": cfg.bench_max_new_tokens, "mixed_precision": cfg.mixed_precision, "version": 2}
 
 
 def evaluate_variant(cfg: "llava.LlavaConfig", variant: "llava.Variant" = llava.MAIN, blind: bool = True) -> dict:
@@ -211,6 +213,11 @@ def evaluate_variant(cfg: "llava.LlavaConfig", variant: "llava.Variant" = llava.
     """
     def build(tmp: Path) -> None:
         model, proc = llava.load_stage2(cfg, variant)
+        # the matmuls in the precision the model trained in
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+            _evaluate(tmp, model, proc)
+
+    def _evaluate(tmp: Path, model, proc) -> None:
         root = llava.scienceqa_dir(cfg)
         test = sqa.select(sqa.load_problems(root), split="test")
         answers = answer_problems(model, proc, test, root, cfg)
