@@ -213,22 +213,19 @@ def evaluate_variant(cfg: "llava.LlavaConfig", variant: "llava.Variant" = llava.
     """
     def build(tmp: Path) -> None:
         model, proc = llava.load_stage2(cfg, variant)
-        # the matmuls in the precision the model trained in
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
-            _evaluate(tmp, model, proc)
-
-    def _evaluate(tmp: Path, model, proc) -> None:
         root = llava.scienceqa_dir(cfg)
         test = sqa.select(sqa.load_problems(root), split="test")
-        answers = answer_problems(model, proc, test, root, cfg)
         with_image = sqa.select(test, has_image=True)
-        # blind: only problems with an image change; the others keep their answers
-        blind_answers = answer_problems(model, proc, with_image, root, cfg, blind=True) if blind else None
+        records, images = bench_questions(cfg)
+        # the matmuls in the precision the model trained in
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
+            answers = answer_problems(model, proc, test, root, cfg)
+            # blind: only problems with an image change; the others keep their answers
+            blind_answers = answer_problems(model, proc, with_image, root, cfg, blind=True) if blind else None
+            judged = answer_bench(model, proc, records, images, cfg.eval_batch, cfg.bench_max_new_tokens,
+                                  cfg.progress)
         blinded = {**answers, **(blind_answers or {})}
         binding = binding_subset(test)
-        records, images = bench_questions(cfg)
-        judged = answer_bench(model, proc, records, images, cfg.eval_batch, cfg.bench_max_new_tokens,
-                              cfg.progress)
         result = {
             "variant": dataclasses.asdict(variant),
             "scienceqa": sqa.score(test, answers, split=None),
