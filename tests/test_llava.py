@@ -152,7 +152,11 @@ def test_config_profiles_and_variants():
     k = llava.stage2_key(smoke, llava.MAIN)
     assert llava.stage2_key(smoke, llava.VARIANTS[1]) != k
     assert llava.stage2_key(llava.LlavaConfig.for_profile("smoke", seed=1), llava.MAIN) != k
-    assert llava.stage2_key(llava.LlavaConfig.for_profile("smoke", mixed_precision="no"), llava.MAIN) != k
+    fp32, bf16 = (llava.LlavaConfig.for_profile("smoke", mixed_precision=m) for m in ("no", "bf16"))
+    assert llava.stage2_key(fp32, llava.MAIN) != llava.stage2_key(bf16, llava.MAIN)
+    # "auto" is resolved to the precision this machine computes natively, before any cache key
+    from vlkit.train import bf16_is_native
+    assert smoke.mixed_precision == ("bf16" if bf16_is_native() else "no")
     with pytest.raises(ValueError, match="mixed_precision"):
         llava.LlavaConfig.for_profile("smoke", mixed_precision="fp8")
     full = llava.LlavaConfig.for_profile("full")
