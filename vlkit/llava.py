@@ -108,9 +108,10 @@ class LlavaConfig:
     lr_lora: float = 2e-3
     lora_r: int = 16
     # visual tokens rescaled to this many times the word embeddings' norm before stage 2
-    # (VLModel.match_visual_scale); None: as stage 1 left them, ~150x. Measured (fp32, 300 steps
-    # on binding questions alone): 36.5% unscaled, 44.9% at 3.0 (bag of attributes 41.9%); in
-    # the full stage-2 mix at 350 steps no difference yet (binding 29.1 vs 25.9, IMG 37.3 vs 38.6).
+    # (VLModel.match_visual_scale); None: as stage 1 left them, ~150x. Measured (fp32, stage 2
+    # on binding questions alone, bag of attributes 41.9%): 300 steps 36.5% unscaled, 44.9% at
+    # 3.0; 600 steps 49.5% at 3.0. In the full stage-2 mix at 350 steps no difference yet
+    # (binding 29.1 vs 25.9, IMG 37.3 vs 38.6), hence off by default.
     visual_scale: float | None = None
     sqa_share: float = 0.9          # the benchmark's train split dominates, as in LLaVA's SQA fine-tune
     # ScienceQA-format problems and their train / val / test shares: ~1,000 test problems, as
