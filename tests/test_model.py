@@ -256,5 +256,8 @@ def test_match_visual_scale_refuses_a_connector_not_ending_in_linear():
             return torch.tanh(self.proj(self.features(hidden_states)))
 
     m = T.model(connector="test_tanh_out")
+    before = {k: v.clone() for k, v in m.connector.state_dict().items()}
     with pytest.raises(ValueError, match="last linear layer"):
         m.match_visual_scale(_batch(m)["pixel_values"], 1000.0)
+    for k, v in m.connector.state_dict().items():  # refused: the connector is left as it was
+        torch.testing.assert_close(v, before[k], rtol=0, atol=0)

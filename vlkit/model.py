@@ -189,11 +189,15 @@ class VLModel(PreTrainedModel, GenerationMixin):
         if not linears:
             raise ValueError(f"connector {self.config.connector!r} has no linear layer to rescale")
         factor = float(target / current)
-        linears[-1].weight.mul_(factor)
-        if linears[-1].bias is not None:
-            linears[-1].bias.mul_(factor)
+        last = linears[-1]
+        params = [p for p in (last.weight, last.bias) if p is not None]
+        saved = [p.clone() for p in params]
+        for p in params:
+            p.mul_(factor)
         reached = self.encode_images(pixel_values).float().norm(dim=-1).mean()
         if not torch.isclose(reached, target, rtol=1e-3):
+            for p, old in zip(params, saved):  # leave the connector as it was
+                p.copy_(old)
             raise ValueError(f"connector {self.config.connector!r} does not end in its last linear layer: "
                              f"rescaling reached norm {reached:.3g}, not {target:.3g}")
         return factor
