@@ -225,39 +225,3 @@ def test_chat_template_without_generation_blocks_is_rejected():
     p = VLProcessor(T.image_processor(), tok, 4)
     with pytest.raises(ValueError, match="generation"):
         p.collate([T.ColorDataset(1)[0]])
-
-
-@pytest.mark.parametrize("connector", ["linear", "mlp2x_gelu"])
-def test_match_visual_scale_changes_magnitude_not_direction(connector):
-    m = T.model(connector=connector)
-    pv = _batch(m, 3)["pixel_values"]
-    with torch.no_grad():
-        before = m.encode_images(pv)
-    factor = m.match_visual_scale(pv, 3.0)
-    with torch.no_grad():
-        after = m.encode_images(pv)
-        word = m.get_input_embeddings().weight.norm(dim=-1).mean()
-    torch.testing.assert_close(after.norm(dim=-1).mean(), 3.0 * word, rtol=1e-3, atol=0)
-    torch.testing.assert_close(after, before * factor, rtol=1e-4, atol=1e-6)
-    with pytest.raises(ValueError, match="ratio"):
-        m.match_visual_scale(pv, 0)
-
-
-def test_match_visual_scale_refuses_a_connector_not_ending_in_linear():
-    from vlkit.connectors import Connector, register_connector
-
-    @register_connector("test_tanh_out")
-    class TanhOut(Connector):
-        def __init__(self, vision_hidden, text_hidden, **kw):
-            super().__init__(vision_hidden, text_hidden, **kw)
-            self.proj = torch.nn.Linear(vision_hidden, text_hidden)
-
-        def forward(self, hidden_states, text_embeds=None, text_mask=None):
-            return torch.tanh(self.proj(self.features(hidden_states)))
-
-    m = T.model(connector="test_tanh_out")
-    before = {k: v.clone() for k, v in m.connector.state_dict().items()}
-    with pytest.raises(ValueError, match="last linear layer"):
-        m.match_visual_scale(_batch(m)["pixel_values"], 1000.0)
-    for k, v in m.connector.state_dict().items():  # refused: the connector is left as it was
-        torch.testing.assert_close(v, before[k], rtol=0, atol=0)

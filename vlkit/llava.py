@@ -107,12 +107,6 @@ class LlavaConfig:
     stage2_lr_llm: float = 1e-3     # a tiny LLM pretrained at 3e-3 needs more than LLaVA's 2e-5
     lr_lora: float = 2e-3
     lora_r: int = 16
-    # visual tokens rescaled to this many times the word embeddings' norm before stage 2
-    # (VLModel.match_visual_scale); None: as stage 1 left them, ~150x. Measured (fp32, stage 2
-    # on binding questions alone, bag of attributes 41.9%): 300 steps 36.5% unscaled, 44.9% at
-    # 3.0; 600 steps 49.5% at 3.0. In the full stage-2 mix at 350 steps no difference yet
-    # (binding 29.1 vs 25.9, IMG 37.3 vs 38.6), hence off by default.
-    visual_scale: float | None = None
     sqa_share: float = 0.9          # the benchmark's train split dominates, as in LLaVA's SQA fine-tune
     # ScienceQA-format problems and their train / val / test shares: ~1,000 test problems, as
     # before, and 18,000 distinct training problems. Measured: binding questions alone, 600
@@ -318,7 +312,7 @@ def stage2_key(cfg: LlavaConfig, variant: Variant) -> dict:
             "scienceqa": dataclasses.asdict(cfg.scienceqa), "connector": variant.connector,
             "types": list(variant.types), "recipe": variant.recipe, "steps": cfg.stage2_steps,
             "batch": cfg.stage2_batch, "lr_connector": cfg.stage2_lr_connector, "lr_llm": cfg.stage2_lr_llm,
-            "lr_lora": cfg.lr_lora, "lora_r": cfg.lora_r, "sqa_share": cfg.sqa_share, "visual_scale": cfg.visual_scale,
+            "lr_lora": cfg.lr_lora, "lora_r": cfg.lora_r, "sqa_share": cfg.sqa_share,
             "sqa_answer": cfg.sqa_answer, "max_length": cfg.max_length,
             "mixed_precision": cfg.mixed_precision, "length_bucket": cfg.length_bucket, "seed": cfg.seed}
 
@@ -335,20 +329,11 @@ def stage2_dataset(cfg: LlavaConfig, variant: Variant, sqa_json: Path):
     return ConcatDataset([inst] + [sq] * reps)
 
 
-def _scale_images(cfg: LlavaConfig, proc, n: int = 32):
-    """Pixel values of the first ``n`` caption images: what the visual tokens' scale is measured on."""
-    from vlkit.llava_dataset import LlavaDataset
-    ds = LlavaDataset(data_dir(cfg) / "captions.json", limit=n)
-    return proc.image_processor([ds[i]["image"] for i in range(len(ds))], return_tensors="pt")["pixel_values"]
-
-
 def _prepare(cfg: LlavaConfig, variant: Variant):
     """Model for a variant's stage 2 (stage-1 connector loaded, if any) and its TrainConfig."""
     model, proc = build_model(cfg, variant.connector)
     if variant.stage1:
         model.connector.load_state_dict(load_file(ensure_stage1(cfg, variant.connector) / "connector.safetensors"))
-    if cfg.visual_scale:
-        model.match_visual_scale(_scale_images(cfg, proc), cfg.visual_scale)
     tc = _train_config(cfg, variant.recipe, cfg.stage2_steps, cfg.stage2_batch,
                        lr_connector=cfg.stage2_lr_connector, lr_llm=cfg.stage2_lr_llm)
     return model, proc, tc

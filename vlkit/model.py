@@ -169,39 +169,6 @@ class VLModel(PreTrainedModel, GenerationMixin):
             importance = attn[:, 0, 1:] if self.has_cls else attn.mean(1)
         return self.compressor(tokens, importance=importance)
 
-    @torch.no_grad()
-    def match_visual_scale(self, pixel_values: torch.Tensor, ratio: float) -> float:
-        """Rescale the connector so visual tokens average ``ratio`` x the word embeddings' norm (notebook 03).
-
-        Stage 1 with a frozen LLM drives the visual tokens far above the text's scale (here
-        from norm 22 at initialisation to 60, against 0.41 for a word embedding). Scaling the
-        connector's last linear layer (exact for ``linear`` and ``mlp2x_gelu``) before stage 2
-        keeps every direction and only the magnitude changes (measurements: the comment on
-        ``LlavaConfig.visual_scale``). Returns the factor applied.
-        """
-        if ratio <= 0:
-            raise ValueError(f"ratio must be > 0, got {ratio}")
-        if self.connector.uses_text:
-            raise ValueError(f"connector {self.config.connector!r} reads the text; its scale depends on it")
-        target = ratio * self.get_input_embeddings().weight.float().norm(dim=-1).mean()
-        current = self.encode_images(pixel_values).float().norm(dim=-1).mean()
-        linears = [m for m in self.connector.modules() if isinstance(m, nn.Linear)]
-        if not linears:
-            raise ValueError(f"connector {self.config.connector!r} has no linear layer to rescale")
-        factor = float(target / current)
-        last = linears[-1]
-        params = [p for p in (last.weight, last.bias) if p is not None]
-        saved = [p.clone() for p in params]
-        for p in params:
-            p.mul_(factor)
-        reached = self.encode_images(pixel_values).float().norm(dim=-1).mean()
-        if not torch.isclose(reached, target, rtol=1e-3):
-            for p, old in zip(params, saved):  # leave the connector as it was
-                p.copy_(old)
-            raise ValueError(f"connector {self.config.connector!r} does not end in its last linear layer: "
-                             f"rescaling reached norm {reached:.3g}, not {target:.3g}")
-        return factor
-
     @property
     def vision_dtype(self) -> torch.dtype:
         return next(self.vision_tower.parameters()).dtype
