@@ -1,4 +1,5 @@
 """Tiny CLIP / Llama backbones: build, save, load like real checkpoints, train, probe (notebook 02)."""
+import dataclasses
 import json
 
 import pytest
@@ -202,3 +203,38 @@ def test_siglip_towers_load_on_the_same_path(tmp_path):
     assert isinstance(tower, SiglipVisionModel)
     out = tower(pixel_values=torch.randn(1, 3, 32, 32), output_hidden_states=True)
     assert out.hidden_states[-2].shape == (1, 16, 32)  # SigLIP has no [cls]
+
+
+class _FakeLM(torch.nn.Module):
+    """A causal LM stand-in for :func:`context_lookup`: at every position it predicts the tokens
+    of one colour word, either a fixed one or the colour the symbolic context gives the shape
+    asked about (a perfect reader of the scene text)."""
+
+    def __init__(self, tok, colors, fixed=None):
+        super().__init__()
+        self.tok, self.colors, self.fixed = tok, colors, fixed
+        self.device = torch.device("cpu")
+
+    def forward(self, input_ids, attention_mask):
+        import re
+        from types import SimpleNamespace
+        logits = torch.zeros(*input_ids.shape, len(self.tok))
+        for i, row in enumerate(input_ids):
+            text = self.tok.decode(row[attention_mask[i].bool()])
+            shape = re.search(r"Which colour is the (\w+)\?", text).group(1)
+            color = self.fixed or re.search(rf"(\w+) {shape}: \[", text).group(1)
+            for t in self.tok.encode(f" {color}", add_special_tokens=False):
+                logits[i, :, t] += 10.0  # every position favours the colour's tokens
+        return SimpleNamespace(logits=logits)
+
+
+def test_context_lookup_scores_each_colour_by_its_likelihood(cfg, tok):
+    world = dataclasses.replace(cfg.world, max_objects=4)
+    items = B.lookup_items(world, 40, seed=0)
+    assert items and all(k >= 2 for *_, k in items)
+    perfect = B.context_lookup(_FakeLM(tok, world.colors), tok, world, n_scenes=40, batch_size=7)
+    assert perfect["accuracy"] == 1.0 and perfect["n"] == len(items)
+    assert perfect["chance"] == 1 / len(world.colors)
+    assert perfect["bag_of_attributes"] == pytest.approx(sum(1 / k for *_, k in items) / len(items))
+    always_red = B.context_lookup(_FakeLM(tok, world.colors, fixed="red"), tok, world, n_scenes=40)
+    assert always_red["accuracy"] == pytest.approx(sum(c == "red" for _, _, c, _ in items) / len(items))

@@ -706,6 +706,68 @@ def perplexity(llm, blocks: torch.Tensor, batch_size: int = 32) -> float:
     return math.exp(nll / n)
 
 
+def lookup_items(world: W.WorldConfig, n_scenes: int, seed: int) -> list[tuple[str, str, str, int]]:
+    """``(context, shape, colour, colours present)`` for held-out scenes of 2+ objects (notebook 02).
+
+    One item per scene that has a lone shape and another colour besides its own: the same
+    condition that makes "What colour is the triangle?" a binding question in notebook 03.
+    """
+    world = dataclasses.replace(world, min_objects=max(2, world.min_objects))
+    items = []
+    for i in range(n_scenes):
+        rng = W.scene_rng(seed * 100 + 13, i)  # a stream no training data is drawn from
+        scene = W.sample_scene(rng, world)
+        context = W.symbolic_context(scene, rng)
+        shapes = [o.shape for o in scene.objects]
+        for o in scene.objects:
+            if shapes.count(o.shape) == 1 and any(p.color != o.color for p in scene.objects):
+                items.append((context.strip(), o.shape, o.color, len({p.color for p in scene.objects})))
+                break
+    return items
+
+
+@torch.no_grad()
+def context_lookup(llm, tokenizer, world: W.WorldConfig, n_scenes: int = 300, seed: int = 0,
+                   batch_size: int = 64) -> dict:
+    """Can the LLM read a scene *written as text*? The text-only twin of :func:`attribute_probe` (notebook 02).
+
+    The user turn is LLaVA's symbolic context (captions + ``category: [box]`` lines, what the
+    language-only teacher reads) followed by "Which colour is the <shape>?"; the assistant turn
+    starts as the teacher's answers do, "The <shape> is", and each of the world's colours is
+    scored by its log-likelihood as the next word. A VLM asks its LLM to do the same lookup over
+    visual tokens, so an LLM that cannot do it in text gives stage 2 nothing to align to.
+    Baselines: guessing among the colours present (``bag_of_attributes``) and uniform chance.
+    """
+    llm.eval()
+    colors = list(world.colors)
+    items = lookup_items(world, n_scenes, seed)
+    rows = []
+    for context, shape, _, _ in items:
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": f"{context}\nWhich colour is the {shape}?"}],
+            tokenize=False, add_generation_prompt=True) + f"The {shape} is"
+        ids = tokenizer.encode(prompt, add_special_tokens=False)
+        for c in colors:
+            rows.append((ids, tokenizer.encode(f" {c}", add_special_tokens=False)))
+    scores = torch.empty(len(rows))
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i: i + batch_size]
+        n = max(len(p) + len(a) for p, a in chunk)
+        x = torch.full((len(chunk), n), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros_like(x)
+        for j, (p, a) in enumerate(chunk):
+            x[j, : len(p) + len(a)] = torch.tensor(p + a)
+            mask[j, : len(p) + len(a)] = 1
+        logp = llm(input_ids=x.to(llm.device), attention_mask=mask.to(llm.device)).logits.float().log_softmax(-1)
+        for j, (p, a) in enumerate(chunk):  # the answer's tokens, each predicted from the position before it
+            pos = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+            scores[i + j] = logp[j, pos, torch.tensor(a)].sum()
+    picks = scores.view(len(items), len(colors)).argmax(1)
+    correct = [colors[int(p)] == c for p, (_, _, c, _) in zip(picks, items)]
+    return {"accuracy": float(np.mean(correct)), "n": len(items), "chance": 1 / len(colors),
+            "bag_of_attributes": float(np.mean([1 / k for *_, k in items]))}
+
+
 # ------------------------------------------------------------------------------ artifacts
 
 def _n_params(model) -> int:
