@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--fresh-llm", action="store_true")
     p.add_argument("--llm", default=None)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default="binding_diagnostic.jsonl")
+    p.add_argument("--out", default="artifacts/binding_diagnostic.jsonl", help="JSON lines, appended")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
 
@@ -124,6 +124,7 @@ def main() -> None:
             picks = vlm_eval.rank_choices(model, proc, test, root, blind=blind, batch_size=64, progress=False)
             out["binding" + "_blind" * blind] = 100 * sum(picks[q] == test[q]["answer"] for q in test) / len(test)
     print(json.dumps(out))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     with open(a.out, "a", encoding="utf-8") as f:
         f.write(json.dumps(out) + "\n")
 
