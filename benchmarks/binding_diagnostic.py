@@ -115,10 +115,11 @@ def main() -> None:
         tc = llava._train_config(cfg, "connector+llm", a.steps, cfg.stage2_batch, lr_connector=a.lr, lr_llm=a.lr)
         t0 = time.perf_counter()
         r = train(model, ds, tc, processor=proc)
+    base = vlm_eval.baselines(root)
     out = {"oracle": a.oracle, "fresh_llm": a.fresh_llm, "llm": a.llm, "steps": a.steps, "seed": a.seed,
            "lr": a.lr, "train_s": round(time.perf_counter() - t0, 1), "final_loss": sum(r.losses[-20:]) / len(r.losses[-20:]),
-           "n_train": len(train_split), "n_test": len(test), **{k: vlm_eval.baselines(root)[k]
-                                                                 for k in ("bag_of_attributes", "chance_binding")}}
+           "n_train": len(train_split), "n_test": len(test),
+           **{k: base[k] for k in ("bag_of_attributes", "chance_binding")}}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
         for blind in (False, True):
             picks = vlm_eval.rank_choices(model, proc, test, root, blind=blind, batch_size=64, progress=False)

@@ -206,13 +206,14 @@ def test_siglip_towers_load_on_the_same_path(tmp_path):
 
 
 class _FakeLM(torch.nn.Module):
-    """A causal LM stand-in for :func:`context_lookup`: at every position it predicts the tokens
-    of one colour word, either a fixed one or the colour the symbolic context gives the shape
-    asked about (a perfect reader of the scene text)."""
+    """A causal LM stand-in for :func:`context_lookup`: right after the prompt's "... is" it
+    predicts the tokens of one colour word, one per position, either a fixed colour or the one
+    the symbolic context gives the shape asked about (a perfect reader of the scene text).
+    Every other position is uniform, so scoring the wrong positions loses the answer."""
 
-    def __init__(self, tok, colors, fixed=None):
+    def __init__(self, tok, fixed=None):
         super().__init__()
-        self.tok, self.colors, self.fixed = tok, colors, fixed
+        self.tok, self.fixed = tok, fixed
         self.device = torch.device("cpu")
 
     def forward(self, input_ids, attention_mask):
@@ -220,11 +221,14 @@ class _FakeLM(torch.nn.Module):
         from types import SimpleNamespace
         logits = torch.zeros(*input_ids.shape, len(self.tok))
         for i, row in enumerate(input_ids):
-            text = self.tok.decode(row[attention_mask[i].bool()])
+            row = row[attention_mask[i].bool()]
+            text = self.tok.decode(row)
             shape = re.search(r"Which colour is the (\w+)\?", text).group(1)
             color = self.fixed or re.search(rf"(\w+) {shape}: \[", text).group(1)
-            for t in self.tok.encode(f" {color}", add_special_tokens=False):
-                logits[i, :, t] += 10.0  # every position favours the colour's tokens
+            # the prompt ends at the last token whose prefix ends with "The <shape> is"
+            end = max(j for j in range(len(row)) if self.tok.decode(row[: j + 1]).endswith(f"The {shape} is"))
+            for k, t in enumerate(self.tok.encode(f" {color}", add_special_tokens=False)[: len(row) - end]):
+                logits[i, end + k, t] = 10.0
         return SimpleNamespace(logits=logits)
 
 
@@ -232,9 +236,9 @@ def test_context_lookup_scores_each_colour_by_its_likelihood(cfg, tok):
     world = dataclasses.replace(cfg.world, max_objects=4)
     items = B.lookup_items(world, 40, seed=0)
     assert items and all(k >= 2 for *_, k in items)
-    perfect = B.context_lookup(_FakeLM(tok, world.colors), tok, world, n_scenes=40, batch_size=7)
+    perfect = B.context_lookup(_FakeLM(tok), tok, world, n_scenes=40, batch_size=7)
     assert perfect["accuracy"] == 1.0 and perfect["n"] == len(items)
     assert perfect["chance"] == 1 / len(world.colors)
     assert perfect["bag_of_attributes"] == pytest.approx(sum(1 / k for *_, k in items) / len(items))
-    always_red = B.context_lookup(_FakeLM(tok, world.colors, fixed="red"), tok, world, n_scenes=40)
+    always_red = B.context_lookup(_FakeLM(tok, fixed="red"), tok, world, n_scenes=40)
     assert always_red["accuracy"] == pytest.approx(sum(c == "red" for _, _, c, _ in items) / len(items))
