@@ -11,12 +11,14 @@ by likelihood, with real and with blank images. Switches isolate the two halves 
                 different corpus; stage 1 is retrained for it (cached like notebook 03's)
 
     .venv/bin/python benchmarks/binding_diagnostic.py --oracle --fresh-llm --steps 300 --seed 0
+    .venv/bin/python benchmarks/binding_diagnostic.py --train-seed 1   # stage-2 noise, same data
 
 One line of JSON per run (also appended to --out). README: "Where binding fails".
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import tempfile
@@ -77,7 +79,9 @@ def use_oracle(model, proc, cfg) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the config's seed: data, backbones (built if new), stage 1")
+    p.add_argument("--train-seed", type=int, default=None,
+                   help="stage 2's seed (data order, initialisation); default --seed")
     p.add_argument("--lr", type=float, default=1e-3, help="LLM and connector learning rate")
     p.add_argument("--oracle", action="store_true")
     p.add_argument("--fresh-llm", action="store_true")
@@ -113,11 +117,12 @@ def main() -> None:
         atomic.write_json(records, llava.scienceqa_to_llava(train_split, "choice"), indent=None)
         ds = LlavaDataset(records, image_folder=root)
         tc = llava._train_config(cfg, "connector+llm", a.steps, cfg.stage2_batch, lr_connector=a.lr, lr_llm=a.lr)
+        tc = dataclasses.replace(tc, seed=a.seed if a.train_seed is None else a.train_seed)
         t0 = time.perf_counter()
         r = train(model, ds, tc, processor=proc)
     base = vlm_eval.baselines(root)
     out = {"oracle": a.oracle, "fresh_llm": a.fresh_llm, "llm": a.llm, "steps": a.steps, "seed": a.seed,
-           "lr": a.lr, "train_s": round(time.perf_counter() - t0, 1), "final_loss": sum(r.losses[-20:]) / len(r.losses[-20:]),
+           "train_seed": tc.seed, "lr": a.lr, "train_s": round(time.perf_counter() - t0, 1), "final_loss": sum(r.losses[-20:]) / len(r.losses[-20:]),
            "n_train": len(train_split), "n_test": len(test),
            **{k: base[k] for k in ("bag_of_attributes", "chance_binding")}}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):

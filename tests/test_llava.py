@@ -84,14 +84,13 @@ def test_scienceqa_to_llava_round_trip(cfg, style):
     for rec in records:
         p = problems[rec["id"]]
         human, gpt = rec["conversations"]
-        instruction = sqa.CHOICE_INSTRUCTION if style == "choice" else sqa.LLAVA_INSTRUCTION
-        assert human["value"] == sqa.build_prompt(p, instruction=instruction)
+        assert human["value"] == (sqa.choice_prompt(p) if style == "choice" else sqa.build_prompt(p))
         assert human["value"].startswith("<image>\n") == bool(p["image"])
         letter = sqa.OPTIONS[p["answer"]]
         if style == "answer":
             assert gpt["value"] == f"The answer is {letter}."
         elif style == "choice":
-            assert gpt["value"] == p["choices"][p["answer"]]
+            assert gpt["value"] == " " + p["choices"][p["answer"]]
         else:
             assert gpt["value"] == f"{p['solution']} The answer is {letter}."
         assert sqa.parse_answer(gpt["value"], p["choices"]) == p["answer"]
@@ -174,8 +173,8 @@ def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
     for pid, p in test.items():
         scores = []
         for choice in p["choices"]:
-            conv = [{"from": "human", "value": sqa.build_prompt(p, instruction=sqa.CHOICE_INSTRUCTION)},
-                    {"from": "gpt", "value": choice}]
+            conv = [{"from": "human", "value": sqa.choice_prompt(p)},
+                    {"from": "gpt", "value": sqa.choice_answer(choice)}]
             img = vlm_eval._images({pid: p}, root, blind=False)
             batch = proc([conv], img)
             labels = batch.pop("labels")
@@ -185,3 +184,17 @@ def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
             keep = target != -100
             scores.append(logp[keep].gather(-1, target[keep].unsqueeze(-1)).sum().item())
         assert batched[pid] == max(range(len(scores)), key=scores.__getitem__)
+
+
+def test_choice_answer_is_trained_on_the_tokens_the_option_line_shows(cfg):
+    # A tiny LLM copies an option far more readily when the answer is the very token sequence
+    # it read in "A. orange"; bare "orange" would start a different BPE split.
+    _, proc = llava.build_model(cfg, "linear")
+    root = llava.scienceqa_dir(cfg)
+    problems = sqa.select(sqa.load_problems(root), split="train")
+    for rec in llava.scienceqa_to_llava(dict(list(problems.items())[:20]), "choice"):
+        batch = proc([rec["conversations"]], [vlm_eval.blank_image(16) if "image" in rec else None])
+        ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+        answer = [t for t in labels if t != -100][:-1]  # without the closing </s>
+        prompt = ids[: labels.index(next(t for t in labels if t != -100))]
+        assert answer and any(prompt[i:i + len(answer)] == answer for i in range(len(prompt))), rec

@@ -160,6 +160,16 @@ def test_prompt_in_llava_style():
     assert sqa.parse_answer(sqa.answer_text(p, "sentence"), p["choices"]) == 1
 
 
+def test_choice_prompt_ends_with_the_question_and_answers_are_spaced_option_text():
+    p = _prob("What colour is the circle?", ["red", "blue"], 1, image="image.png")
+    assert sqa.choice_prompt(p).splitlines() == ["<image>", "Context: N/A", "A. red", "B. blue",
+                                                 sqa.CHOICE_INSTRUCTION, "What colour is the circle?"]
+    assert sqa.answer_text(p, "choice") == sqa.choice_answer("blue") == " blue"
+    record = sqa.to_llava_json({"7": p}, style="choice")[0]
+    assert record["conversations"] == [{"from": "human", "value": sqa.choice_prompt(p)},
+                                       {"from": "gpt", "value": " blue"}]
+
+
 @pytest.fixture(scope="module")
 def generated():
     cfg = sqa.ScienceQAConfig(n_problems=1500, seed=0)

@@ -313,7 +313,7 @@ def stage2_key(cfg: LlavaConfig, variant: Variant) -> dict:
             "types": list(variant.types), "recipe": variant.recipe, "steps": cfg.stage2_steps,
             "batch": cfg.stage2_batch, "lr_connector": cfg.stage2_lr_connector, "lr_llm": cfg.stage2_lr_llm,
             "lr_lora": cfg.lr_lora, "lora_r": cfg.lora_r, "sqa_share": cfg.sqa_share,
-            "sqa_answer": cfg.sqa_answer, "max_length": cfg.max_length,
+            "sqa_answer": cfg.sqa_answer, "sqa_format": sqa.CHOICE_FORMAT, "max_length": cfg.max_length,
             "mixed_precision": cfg.mixed_precision, "length_bucket": cfg.length_bucket, "seed": cfg.seed}
 
 

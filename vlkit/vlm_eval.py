@@ -86,7 +86,7 @@ def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, 
     """
     model.eval()
     pids, images = list(problems), _images(problems, root, blind)
-    prompts = [sqa.build_prompt(problems[pid], instruction=sqa.CHOICE_INSTRUCTION) for pid in pids]
+    prompts = [sqa.choice_prompt(problems[pid]) for pid in pids]
     items = [(k, j) for k, pid in enumerate(pids) for j in range(len(problems[pid]["choices"]))]
     scores = torch.full((len(items),), float("-inf"))
     # similar lengths batched together: less padding (the scores do not depend on the batching)
@@ -98,7 +98,7 @@ def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, 
         for i in chunk:
             k, j = items[i]
             convs.append([{"from": "human", "value": prompts[k]},
-                          {"from": "gpt", "value": problems[pids[k]]["choices"][j]}])
+                          {"from": "gpt", "value": sqa.choice_answer(problems[pids[k]]["choices"][j])}])
             imgs.append(images[k])
         batch = processor(convs, imgs)
         labels = batch.pop("labels")
