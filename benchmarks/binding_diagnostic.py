@@ -122,7 +122,8 @@ def main() -> None:
         r = train(model, ds, tc, processor=proc)
     base = vlm_eval.baselines(root)
     out = {"oracle": a.oracle, "fresh_llm": a.fresh_llm, "llm": a.llm, "steps": a.steps, "seed": a.seed,
-           "train_seed": tc.seed, "lr": a.lr, "train_s": round(time.perf_counter() - t0, 1), "final_loss": sum(r.losses[-20:]) / len(r.losses[-20:]),
+           "train_seed": tc.seed, "lr": a.lr, "train_s": round(time.perf_counter() - t0, 1),
+           "final_loss": sum(r.losses[-20:]) / len(r.losses[-20:]),
            "n_train": len(train_split), "n_test": len(test),
            **{k: base[k] for k in ("bag_of_attributes", "chance_binding")}}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.mixed_precision == "bf16"):
