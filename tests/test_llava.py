@@ -90,10 +90,11 @@ def test_scienceqa_to_llava_round_trip(cfg, style):
         if style == "answer":
             assert gpt["value"] == f"The answer is {letter}."
         elif style == "choice":
-            assert gpt["value"] == " " + p["choices"][p["answer"]]
+            assert gpt["value"].endswith(" " + p["choices"][p["answer"]])
+            assert gpt["value"] == sqa.choice_answer(p, p["answer"])
         else:
             assert gpt["value"] == f"{p['solution']} The answer is {letter}."
-        assert sqa.parse_answer(gpt["value"], p["choices"]) == p["answer"]
+        assert sqa.parse_answer(gpt["value"], p["choices"], p["question"]) == p["answer"]
         if p["image"]:
             assert (root / rec["image"]).is_file()
     with pytest.raises(ValueError):
@@ -172,9 +173,9 @@ def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
     # reference: each option scored alone (no padding), by summed log-probability of its tokens
     for pid, p in test.items():
         scores = []
-        for choice in p["choices"]:
+        for j in range(len(p["choices"])):
             conv = [{"from": "human", "value": sqa.choice_prompt(p)},
-                    {"from": "gpt", "value": sqa.choice_answer(choice)}]
+                    {"from": "gpt", "value": sqa.choice_answer(p, j)}]
             img = vlm_eval._images({pid: p}, root, blind=False)
             batch = proc([conv], img)
             labels = batch.pop("labels")
@@ -186,15 +187,23 @@ def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
         assert batched[pid] == max(range(len(scores)), key=scores.__getitem__)
 
 
-def test_choice_answer_is_trained_on_the_tokens_the_option_line_shows(cfg):
+def test_choice_answer_is_trained_on_the_tokens_the_prompt_shows(cfg):
     # A tiny LLM copies an option far more readily when the answer is the very token sequence
-    # it read in "A. orange"; bare "orange" would start a different BPE split.
+    # it read in "A. orange"; bare "orange" would start a different BPE split. The restated
+    # subject ("triangle" of "What colour is the triangle?") must be the question's tokens too.
     _, proc = llava.build_model(cfg, "linear")
     root = llava.scienceqa_dir(cfg)
-    problems = sqa.select(sqa.load_problems(root), split="train")
-    for rec in llava.scienceqa_to_llava(dict(list(problems.items())[:20]), "choice"):
+    problems = dict(list(sqa.select(sqa.load_problems(root), split="train").items())[:40])
+    assert any(sqa.answer_subject(p["question"]) for p in problems.values())
+
+    def shown(part, prompt):
+        return any(prompt[i:i + len(part)] == part for i in range(len(prompt) - len(part) + 1))
+
+    for rec in llava.scienceqa_to_llava(problems, "choice"):
         batch = proc([rec["conversations"]], [vlm_eval.blank_image(16) if "image" in rec else None])
         ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
         answer = [t for t in labels if t != -100][:-1]  # without the closing </s>
         prompt = ids[: labels.index(next(t for t in labels if t != -100))]
-        assert answer and any(prompt[i:i + len(answer)] == answer for i in range(len(prompt))), rec
+        # the subject (maybe none), then the option: each a run of the prompt's own tokens
+        assert answer and any(shown(answer[:k], prompt) and shown(answer[k:], prompt)
+                              for k in range(len(answer))), rec

@@ -104,6 +104,14 @@ def test_parse_answer(text, expected):
     assert sqa.parse_answer(text, ["red", "green", "blue"]) == expected
 
 
+def test_parse_answer_reads_an_answer_after_the_questions_subject():
+    q = "What colour is the circle?"
+    assert sqa.parse_answer(" circle blue", ["red", "green", "blue"], q) == 2
+    assert sqa.parse_answer("circle", ["red", "green", "blue"], q) is None
+    assert sqa.parse_answer("square blue", ["red", "green", "blue"], q) is None  # another subject
+    assert sqa.parse_answer(" circle blue", ["red", "green", "blue"]) is None  # no question: whole text only
+
+
 def test_predictions_both_formats_and_llava_variant(tmp_path):
     _real_format(tmp_path)
     problems = sqa.load_problems(tmp_path)
@@ -160,14 +168,27 @@ def test_prompt_in_llava_style():
     assert sqa.parse_answer(sqa.answer_text(p, "sentence"), p["choices"]) == 1
 
 
-def test_choice_prompt_ends_with_the_question_and_answers_are_spaced_option_text():
+def test_choice_prompt_ends_with_the_question_and_answers_restate_the_subject():
     p = _prob("What colour is the circle?", ["red", "blue"], 1, image="image.png")
     assert sqa.choice_prompt(p).splitlines() == ["<image>", "Context: N/A", "A. red", "B. blue",
                                                  sqa.CHOICE_INSTRUCTION, "What colour is the circle?"]
-    assert sqa.answer_text(p, "choice") == sqa.choice_answer("blue") == " blue"
+    assert sqa.answer_text(p, "choice") == sqa.choice_answer(p, 1) == " circle blue"
+    assert sqa.choice_answer(p, 0) == " circle red"
     record = sqa.to_llava_json({"7": p}, style="choice")[0]
     assert record["conversations"] == [{"from": "human", "value": sqa.choice_prompt(p)},
-                                       {"from": "gpt", "value": " blue"}]
+                                       {"from": "gpt", "value": " circle blue"}]
+    # questions without one subject keep the bare, spaced option text
+    q = _prob("How many shapes are in the picture?", ["2", "3"], 0, image="image.png")
+    assert sqa.choice_answer(q, 1) == " 3"
+
+
+@pytest.mark.parametrize("question, subject", [
+    ("What colour is the triangle?", "triangle"), ("What color is the triangle?", "triangle"),
+    ("What shape is the purple object?", "purple"), ("What size is the purple diamond?", "purple diamond"),
+    ("Is the red circle to the left or to the right of the blue square?", None),
+    ("Which word is spelled correctly?", None), ("What colour is the triangle", None)])
+def test_answer_subject_is_what_an_attribute_question_asks_about(question, subject):
+    assert sqa.answer_subject(question) == subject
 
 
 @pytest.fixture(scope="module")

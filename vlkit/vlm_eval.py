@@ -98,7 +98,7 @@ def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, 
         for i in chunk:
             k, j = items[i]
             convs.append([{"from": "human", "value": prompts[k]},
-                          {"from": "gpt", "value": sqa.choice_answer(problems[pids[k]]["choices"][j])}])
+                          {"from": "gpt", "value": sqa.choice_answer(problems[pids[k]], j)}])
             imgs.append(images[k])
         batch = processor(convs, imgs)
         labels = batch.pop("labels")
@@ -292,5 +292,5 @@ def qualitative_examples(cfg: "llava.LlavaConfig", result: dict, n: int = 8) -> 
         out.append({"pid": pid, "image": _open(sqa.image_path(root, pid, p)), "question": p["question"],
                     "choices": choices, "answer": result["answers"].get(pid, ""),
                     "reference": f"{sqa.answer_text(p, 'sentence')} ({p['choices'][p['answer']]})",
-                    "correct": sqa.parse_answer(result["answers"].get(pid, ""), p["choices"]) == p["answer"]})
+                    "correct": sqa.parse_answer(result["answers"].get(pid, ""), p["choices"], p["question"]) == p["answer"]})
     return out

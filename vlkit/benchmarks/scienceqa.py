@@ -42,7 +42,7 @@ LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices dire
 # For answers given as the option's text (scored by likelihood, see vlkit.vlm_eval.rank_choices).
 CHOICE_INSTRUCTION = "Answer with the text of the correct option."
 # Version of choice_prompt / choice_answer: cached models trained on them name it in their keys.
-CHOICE_FORMAT = 2
+CHOICE_FORMAT = 3
 
 
 # ---------------------------------------------------------------------------------------------
@@ -182,10 +182,35 @@ def choice_prompt(problem: dict) -> str:
     return build_prompt(problem, instruction=CHOICE_INSTRUCTION, question_last=True)
 
 
-def choice_answer(text: str) -> str:
-    """An option's text as the assistant's answer: with a leading space, so that it is the
-    same tokens as the option line ``A. orange`` shows (``Ġorange``, not ``or`` + ``ange``)."""
-    return f" {text.strip()}"
+# An attribute question names its subject last: "What colour is the triangle?", "What shape is
+# the purple object?" (subject: "purple"), "What size is the purple diamond?".
+_ATTRIBUTE_QUESTION = re.compile(r"^What (?:colou?r|shape|size) is the (.+?)(?: object)?\?$")
+
+
+def answer_subject(question: str) -> str | None:
+    """What an attribute question asks about, in the words its answer restates: "triangle",
+    "purple", "purple diamond"; None for every other question (notebook 03)."""
+    m = _ATTRIBUTE_QUESTION.match(question.strip())
+    return m.group(1) if m else None
+
+
+def choice_answer(problem: dict, index: int) -> str:
+    """Option ``index``'s text as the assistant's answer, scored by likelihood (notebook 03).
+
+    With a leading space, so that it is the tokens its option line ``A. orange`` shows
+    (``Ġorange``, not ``or`` + ``ange``); after the :func:`answer_subject` of an attribute
+    question: " triangle orange" for "What colour is the triangle?". The option is then
+    predicted from the very token that names what to look up, and a tiny LLM learns to find
+    that object among the visual tokens; with the subject a token or two further back ("?",
+    the assistant tag, "triangle: orange") it must first carry the subject forward, which it
+    learns far later. The subject is the same for every option: it conditions the ranking and
+    gives nothing away (image-blind accuracy stays at chance).
+    Measured on the binding questions alone (300 steps, stage-2 seeds 0 / 1 / 2):
+    68.9 / 54.4 / 41.6% with the subject, 38.7 / 37.6 / 37.9% without; "triangle: orange" 41.9% (seed 0).
+    """
+    text = problem["choices"][index].strip()
+    subject = answer_subject(problem["question"])
+    return f" {subject} {text}" if subject else f" {text}"
 
 
 ANSWER_STYLES = ("letter", "sentence", "choice")
@@ -193,14 +218,14 @@ ANSWER_STYLES = ("letter", "sentence", "choice")
 
 def answer_text(problem: dict, style: str = "letter") -> str:
     """The target answer: ``"B"`` (LLaVA-1.5), ``"The answer is B."`` (LLaVA v1) or the
-    option's own text (``"choice"``, for scoring by likelihood; spaced: :func:`choice_answer`)."""
+    option's own text (``"choice"``, for scoring by likelihood: :func:`choice_answer`)."""
     letter = OPTIONS[problem["answer"]]
     if style == "letter":
         return letter
     if style == "sentence":
         return f"The answer is {letter}."
     if style == "choice":
-        return choice_answer(problem["choices"][problem["answer"]])
+        return choice_answer(problem, problem["answer"])
     raise ValueError(f"unknown answer style {style!r} (expected one of {ANSWER_STYLES})")
 
 
@@ -236,13 +261,14 @@ def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9 ]+", "", s.lower()).strip()
 
 
-def parse_answer(text: str, choices: list[str]) -> int | None:
+def parse_answer(text: str, choices: list[str], question: str | None = None) -> int | None:
     """The choice index an answer names, or None when it names none (notebook 03).
 
     Accepts LLaVA's forms: ``"B"``, ``"B. red"``, ``"(B) red"``, ``"... The answer is B."``,
-    and an answer that is exactly one choice's text (``"red"``). A letter beyond the
-    choices, or text naming no choice, is None: the scorer counts it as unparsed, never
-    as some other choice.
+    and an answer that is exactly one choice's text (``"red"``), after the question's
+    :func:`answer_subject` when ``question`` is given (``"triangle red"``, see
+    :func:`choice_answer`). A letter beyond the choices, or text naming no choice, is None:
+    the scorer counts it as unparsed, never as some other choice.
     """
     t = text.replace("\n", " ").strip()
     m = _LETTER_ALONE.match(t) or _LETTER_FIRST.match(t)
@@ -256,6 +282,9 @@ def parse_answer(text: str, choices: list[str]) -> int | None:
         return i if i < len(choices) else None
     # Whole-text match against the choices ("red", "The answer is red.").
     body = re.sub(r"^(?:the )?answer is:?\s*", "", _norm(t))
+    subject = _norm(answer_subject(question) or "") if question else ""
+    if subject and body.startswith(subject + " "):
+        body = body[len(subject) + 1:]
     hits = [i for i, c in enumerate(choices) if _norm(c) and _norm(c) == body]
     return hits[0] if len(hits) == 1 else None
 
@@ -328,7 +357,7 @@ def load_predictions(path: str | Path, problems: dict[str, dict]) -> dict[str, i
         if not isinstance(rec["text"], str):
             raise ValueError(f"{where}: 'text' must be a string")
         pid = known(rec["question_id"], where)
-        preds[pid] = parse_answer(rec["text"], problems[pid]["choices"])
+        preds[pid] = parse_answer(rec["text"], problems[pid]["choices"], problems[pid]["question"])
     if not preds:
         raise ValueError(f"{path}: no predictions found")
     return preds
@@ -384,7 +413,7 @@ def score(problems: dict[str, dict], predictions: dict[str, Any], split: str | N
         else:
             v = predictions[pid]
             if isinstance(v, str):
-                idx = parse_answer(v, p["choices"])
+                idx = parse_answer(v, p["choices"], p["question"])
             elif v is None:
                 idx = None
             else:
