@@ -79,7 +79,8 @@ def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, 
     """``pid -> index`` of the choice the model finds most likely as its answer (notebook 03).
 
     Multiple choice by likelihood (the cloze-style scoring of lm-evaluation-harness and
-    MMBench's PPL mode): each choice's text is scored as the assistant turn after the same
+    MMBench's PPL mode): each choice's answer (:func:`sqa.choice_answer`: the option's text,
+    after an attribute question's subject) is scored as the assistant turn after the same
     prompt, by its summed token log-probability. Unlike generating ``"The answer is B."``, it
     needs no learned mapping from an answer to its option letter, which a tiny LLM picks up
     late; what it measures is whether the model knows the answer.
@@ -292,5 +293,6 @@ def qualitative_examples(cfg: "llava.LlavaConfig", result: dict, n: int = 8) -> 
         out.append({"pid": pid, "image": _open(sqa.image_path(root, pid, p)), "question": p["question"],
                     "choices": choices, "answer": result["answers"].get(pid, ""),
                     "reference": f"{sqa.answer_text(p, 'sentence')} ({p['choices'][p['answer']]})",
-                    "correct": sqa.parse_answer(result["answers"].get(pid, ""), p["choices"], p["question"]) == p["answer"]})
+                    "correct": sqa.parse_answer(result["answers"].get(pid, ""), p["choices"],
+                                                p["question"]) == p["answer"]})
     return out
