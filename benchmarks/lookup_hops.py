@@ -62,16 +62,18 @@ def main() -> None:
     torch.manual_seed(a.seed)
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    # notebook 02's Llama sizes (BackboneConfig: 256 wide, 4 layers, 4 heads, 688 MLP)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=256, intermediate_size=688,
-                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-                                         max_position_embeddings=256))
+    from vlkit.backbones import BackboneConfig
+
+    b = BackboneConfig.for_profile("full")  # notebook 02's Llama sizes, on a toy vocabulary
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=b.llm_hidden, intermediate_size=b.llm_intermediate,
+                                         num_hidden_layers=b.llm_layers, num_attention_heads=b.llm_heads,
+                                         num_key_value_heads=b.llm_heads, max_position_embeddings=256))
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
     train_g, test_g = torch.Generator().manual_seed(a.seed + 1), torch.Generator().manual_seed(10_000 + a.seed)
     x_test, y_test = batch(500, a.objects, a.grid, a.hops, test_g)
     t0, curve = time.perf_counter(), []
     for step in range(a.steps + 1):
-        if step % 250 == 0:
+        if step % 250 == 0 or step == a.steps:
             with torch.no_grad():
                 acc = (model(input_ids=x_test).logits[:, -1].argmax(-1) == y_test).float().mean().item()
             curve.append({"step": step, "accuracy": round(100 * acc, 1), "s": round(time.perf_counter() - t0)})
