@@ -217,6 +217,17 @@ def test_generation_is_deterministic_and_seeded():
     assert all(a[k] == b[k] for k in a) and a != c
 
 
+def test_every_generated_binding_question_has_the_subject_its_answer_restates(generated):
+    # answer_subject reads the generator's attribute templates: a reworded template must fail here,
+    # not silently fall back to the bare option (binding-only diagnostic: 38.7% instead of 68.9%)
+    problems, scenes = generated
+    binding = [p for p in problems.values() if p["category"] == sqa.BINDING_CATEGORY]
+    assert binding
+    for p in binding:
+        subject = sqa.answer_subject(p["question"])
+        assert subject and subject in p["question"], p["question"]
+
+
 def test_image_questions_need_the_image(generated):
     """The same question text + hint has different correct answers in different images."""
     problems, scenes = generated

@@ -177,7 +177,8 @@ def choice_prompt(problem: dict) -> str:
     The question comes last, right before the answer: a tiny LLM reads what is near the
     position it predicts from far more readily than what stands 30 tokens back (options and
     instruction). Measured on the binding questions alone, 3 stage-2 seeds: 38.7 / 37.6 / 37.9%
-    with it and :func:`choice_answer`, vs 31.1 / 33.0 / 35.9% for LLaVA's order and bare text.
+    with it and the option's spaced text, vs 31.1 / 33.0 / 35.9% for LLaVA's order and bare text
+    (the subject that :func:`choice_answer` now restates adds far more).
     """
     return build_prompt(problem, instruction=CHOICE_INSTRUCTION, question_last=True)
 
