@@ -158,6 +158,37 @@ def test_probe_items_skip_ambiguous_shapes():
     assert B.probe_items([W.Scene("x", objs)]) == [(0, "square", "green")]
 
 
+def test_the_llm_reads_each_conversation_after_its_scene_as_text(cfg, tok):
+    # The answers must be readable from the document: an <image> slot the LLM never sees
+    # filled taught it answer priors instead (README, "Where binding fails").
+    from vlkit.tokenizer import IMAGE_TOKEN
+    corpus = B.text_corpus(cfg, 5, stream=11)
+    assert len(corpus["conversations"]) == len(corpus["contexts"]) == 5 * 3
+    text = tok.decode(B.corpus_ids(corpus, tok))
+    assert IMAGE_TOKEN not in text
+    for i, (conv, context) in enumerate(zip(corpus["conversations"], corpus["contexts"])):
+        rng = W.scene_rng(cfg.seed * 100 + 11, i // 3)
+        scene = W.sample_scene(rng, cfg.world, W.scene_id(cfg.seed * 100 + 11, i // 3))
+        assert context == W.symbolic_context(scene, rng).strip()
+        assert all(f"{o.shape}: [" in context for o in scene.objects)  # what the teacher may ask about
+        question = conv[0]["value"].removeprefix(f"{IMAGE_TOKEN}\n")
+        assert f"{context}\n{question}" in text
+        assert B.scene_as_text(conv, context)[1:] == conv[1:]
+    # the tokenizer learns the VLM's language: captions and conversations, not the box lines
+    assert all(context not in t for t in B.corpus_texts(corpus))
+    with pytest.raises(ValueError, match="image"):
+        B.scene_as_text([{"from": "human", "value": "no image here"}], "a red circle")
+
+
+def test_a_new_corpus_format_is_a_new_backbone_and_connector_key(cfg, monkeypatch):
+    from vlkit import llava
+    lcfg = llava.LlavaConfig.for_profile("smoke")
+    key, stage1 = B.cache_key(cfg), llava.stage1_key(lcfg, "linear")
+    monkeypatch.setattr(B, "CORPUS_FORMAT", B.CORPUS_FORMAT + 1)
+    assert B.cache_key(cfg) != key
+    assert llava.stage1_key(lcfg, "linear") != stage1
+
+
 def test_ensure_backbones_builds_loadable_checkpoints(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv("VLKIT_ARTIFACTS", str(tmp_path))
     small = B.BackboneConfig.for_profile("smoke", **{**TINY, "clip_steps": 3, "llm_steps": 3})

@@ -101,6 +101,21 @@ def test_scienceqa_to_llava_round_trip(cfg, style):
         llava.scienceqa_to_llava(problems, "poem")
 
 
+def test_stage2_repeats_the_binding_questions_only(cfg):
+    import dataclasses
+    problems = sqa.select(sqa.load_problems(llava.scienceqa_dir(cfg)), split="train")
+    once = llava.stage2_scienceqa_records(dataclasses.replace(cfg, binding_repeats=1), problems)
+    thrice = llava.stage2_scienceqa_records(dataclasses.replace(cfg, binding_repeats=3), problems)
+    assert once == llava.scienceqa_to_llava(problems, cfg.sqa_answer)
+    binding = {pid for pid, p in problems.items() if p.get("category") == sqa.BINDING_CATEGORY}
+    assert binding and len(binding) < len(problems)  # the tiny benchmark has both kinds
+    seen = [r["id"] for r in thrice]
+    assert all(seen.count(pid) == (3 if pid in binding else 1) for pid in problems)
+    with pytest.raises(ValueError, match="binding_repeats"):
+        dataclasses.replace(cfg, binding_repeats=0)
+    assert llava.stage2_key(dataclasses.replace(cfg, binding_repeats=3), VARIANT) != llava.stage2_key(cfg, VARIANT)
+
+
 def test_evaluation_scores_end_to_end_and_blind_blanks_the_image(cfg, monkeypatch):
     model, proc = llava.load_stage2(cfg, VARIANT)
     root = llava.scienceqa_dir(cfg)

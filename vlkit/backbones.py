@@ -7,7 +7,9 @@ No weights can be downloaded in the workbook, so it pretrains its own:
   reads) to name the shape *and* colour of the object it lies on. Contrastive training
   alone teaches a tiny ViT which colours and shapes are present, not which goes with which;
   the dense loss makes each patch carry the conjunction, so attributes stay bound to objects.
-- a tiny ``LlamaForCausalLM`` on the text corpus (captions and instruction conversations).
+- a tiny ``LlamaForCausalLM`` on the text corpus: captions, and instruction conversations that
+  follow their scene written as text (LLaVA's symbolic context), so the LLM learns to answer
+  from what is in front of it, the skill stage 2 then points at the visual tokens.
 
 Both are saved as standard Hugging Face checkpoints (safetensors), and :func:`build_vision_tower`
 / :func:`build_llm` load a real checkpoint name or path on the same code path.
@@ -598,19 +600,26 @@ def retrieval(clip, tokenizer, cfg: BackboneConfig, n: int | None = None, rounds
 
 # ------------------------------------------------------------------------------ text / LLM
 
+# Version of what text_corpus writes; part of the backbones' cache key (the config does not see
+# a change of the corpus). 2: the LLM reads the scene as text before each conversation (was <image>).
+CORPUS_FORMAT = 2
+
+
 def text_corpus(cfg: BackboneConfig, n_scenes: int, stream: int) -> dict[str, list]:
     """Captions and teacher conversations about ``n_scenes`` world scenes (notebook 02).
 
     Generated the way notebook 01 makes its data (world captions + the template teacher's
     three instruction types, ``<image>`` in the first turn) but from scene streams of their
     own, so notebook 02 runs alone and its held-out text (another ``stream``) is never seen
-    in training. Returns ``{"captions": [str], "conversations": [[{from, value}]]}``.
+    in training. ``contexts[i]`` is the scene of ``conversations[i]`` as text (LLaVA's
+    symbolic context, what the teacher read), which :func:`corpus_ids` puts where the image
+    goes. Returns ``{"captions": [str], "conversations": [[{from, value}]], "contexts": [str]}``.
     """
     from vlkit.teacher import KINDS, TemplateTeacher
     from vlkit.tokenizer import IMAGE_TOKEN
     teacher = TemplateTeacher(seed=cfg.seed)
     seed = cfg.seed * 100 + stream
-    caps, convs = [], []
+    caps, convs, contexts = [], [], []
     for i in range(n_scenes):
         rng = W.scene_rng(seed, i)
         scene = W.sample_scene(rng, cfg.world, W.scene_id(seed, i))
@@ -620,16 +629,38 @@ def text_corpus(cfg: BackboneConfig, n_scenes: int, stream: int) -> dict[str, li
             turns = [dict(t) for t in teacher.generate(context, kind, key=scene.id)]
             turns[0]["value"] = f"{IMAGE_TOKEN}\n{turns[0]['value']}"
             convs.append(turns)
-    return {"captions": caps, "conversations": convs}
+            contexts.append(context.strip())
+    return {"captions": caps, "conversations": convs, "contexts": contexts}
 
 
 def corpus_texts(corpus: dict) -> list[str]:
-    """Every string of a corpus, for training the tokenizer (notebook 02)."""
+    """The captions and conversations, for training the tokenizer (notebook 02).
+
+    Not the scene contexts: the tokenizer's merges should be those of the language the VLM
+    reads and writes (trained with the contexts too, the box coordinates grew the vocabulary
+    from 771 to 1,742 tokens, and the LM head with it).
+    """
     return corpus["captions"] + [t["value"] for c in corpus["conversations"] for t in c]
 
 
+def scene_as_text(conversation: list[dict], context: str) -> list[dict]:
+    """``conversation`` with its ``<image>`` replaced by the scene as text: what the LLM reads (notebook 02).
+
+    Pretrained on the conversations with an ``<image>`` slot it never saw filled, the LLM learned
+    answer priors and to ignore that slot, and notebook 03 could not teach it to bind a colour
+    to a shape in its budget (README, "Where binding fails"). With the scene in front of every
+    conversation, each answer can be read from the document, as in a real LLM's pretraining text.
+    """
+    from vlkit.tokenizer import IMAGE_TOKEN
+    first = conversation[0]["value"]
+    if IMAGE_TOKEN not in first:
+        raise ValueError(f"first turn has no {IMAGE_TOKEN} to replace: {first[:60]!r}")
+    return [{**conversation[0], "value": first.replace(IMAGE_TOKEN, context, 1)}, *conversation[1:]]
+
+
 def corpus_ids(corpus: dict, tokenizer) -> list[int]:
-    """All documents as one id stream: ``<s> caption </s>`` and chat-templated conversations.
+    """All documents as one id stream: ``<s> caption </s>`` and chat-templated conversations,
+    each after its scene as text (:func:`scene_as_text`).
 
     The LLM thus learns the role tokens and to end answers with ``</s>`` before any VLM
     training, as a chat-tuned base LLM (Vicuna in LLaVA) would.
@@ -639,8 +670,8 @@ def corpus_ids(corpus: dict, tokenizer) -> list[int]:
     for c in corpus["captions"]:
         ids += [tokenizer.bos_token_id, *tokenizer.encode(c, add_special_tokens=False),
                 tokenizer.eos_token_id]
-    for conv in corpus["conversations"]:
-        ids += tokenizer.apply_chat_template(llava_to_messages(conv), tokenize=True,
+    for conv, context in zip(corpus["conversations"], corpus["contexts"], strict=True):
+        ids += tokenizer.apply_chat_template(llava_to_messages(scene_as_text(conv, context)), tokenize=True,
                                              return_dict=True)["input_ids"]
     return ids
 
@@ -826,6 +857,15 @@ def build_backbones(cfg: BackboneConfig, out: Path, progress: bool = True) -> di
     return metrics
 
 
+def cache_key(cfg: BackboneConfig) -> dict:
+    """What the backbones built for ``cfg`` depend on: the config and the corpus format.
+
+    Their cache key, and part of every key downstream (notebook 03's stages), so that a new
+    corpus retrains the connectors too, not only the backbones.
+    """
+    return {**dataclasses.asdict(cfg), "corpus_format": CORPUS_FORMAT}
+
+
 def ensure_backbones(cfg: BackboneConfig, progress: bool = True) -> Path:
     """The folder of pretrained backbones for ``cfg``, built on first use (notebook 02).
 
@@ -834,7 +874,7 @@ def ensure_backbones(cfg: BackboneConfig, progress: bool = True) -> Path:
     """
     from vlkit.cache import cached
     from vlkit.paths import artifacts_dir
-    return cached(artifacts_dir(cfg.profile), "backbones", cfg,
+    return cached(artifacts_dir(cfg.profile), "backbones", cache_key(cfg),
                   lambda tmp: build_backbones(cfg, tmp, progress=progress))
 
 
