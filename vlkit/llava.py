@@ -96,10 +96,10 @@ class LlavaConfig:
     stage1_batch: int = 32
     stage1_lr: float = 1e-3
     # stage 2: connector + LLM, instructions + ScienceQA train
-    # 350 steps x 16 examples (~74 s here, bf16 + length buckets): five variants, their two stage-1
-    # connectors and the evaluation fit notebook 03's ten minutes (8.7 min measured). Main variant,
-    # full profile: binding 61.5% (stage-2 seeds 1 / 2: 82.6 / 64.4%), bag of attributes 42.5%.
-    stage2_steps: int = 350
+    # 320 steps x 16 examples (bf16 + length buckets): five variants, their two stage-1 connectors
+    # and the evaluation fit notebook 03's ten minutes with a margin for this shared machine (350
+    # steps with 4 binding repeats: 8.7 min in one fresh run, 10.5 min in another).
+    stage2_steps: int = 320
     stage2_batch: int = 16
     stage2_lr_connector: float = 1e-3
     stage2_lr_llm: float = 1e-3     # a tiny LLM pretrained at 3e-3 needs more than LLaVA's 2e-5
@@ -108,9 +108,10 @@ class LlavaConfig:
     sqa_share: float = 0.9          # the benchmark's train split dominates, as in LLaVA's SQA fine-tune
     # Each binding question ("what colour is the triangle?") is seen this many times per pass over
     # the ScienceQA train split: the lookup they teach forms after ~3,000 of them, and at their
-    # natural 35% share 350 steps show ~1,800 (measured, main variant: binding 32.8% at 1 repeat,
-    # 65.5% at 4; README, "An LLM that reads its context, and enough binding questions").
-    binding_repeats: int = 4
+    # natural 35% share 350 steps show ~1,800 (measured, main variant, 350 steps: binding 32.8% at
+    # 1 repeat, 65.5% at 4). 5 repeats make ~66% of the examples binding questions, ~3,400 in 320
+    # steps (README, "An LLM that reads its context, and enough binding questions").
+    binding_repeats: int = 5
     # ScienceQA-format problems and their train / val / test shares: ~1,000 test problems, as
     # before, and 18,000 distinct training problems. Measured: binding questions alone, 600
     # steps on 1,029 distinct problems -> 35% (memorised, train loss 0.33) vs 44.5% on 14,000.
