@@ -178,16 +178,20 @@ def test_config_profiles_and_variants():
     assert full.scienceqa.split_shares == tuple(full.sqa_splits)
 
 
-def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
+def test_choice_scores_equal_scoring_each_whole_conversation_alone(cfg):
+    # choice_scores runs each prompt once and the answers on copies of its KV cache; that must
+    # change nothing but the cost, whatever the batching and the padding it brings
     model, proc = llava.load_stage2(cfg, VARIANT)
     root = llava.scienceqa_dir(cfg)
     test = dict(list(sqa.select(sqa.load_problems(root), split="test").items())[:6])
-    batched = vlm_eval.rank_choices(model, proc, test, root, batch_size=7, progress=False)
-    assert set(batched) == set(test)
+    assert any(sqa.image_path(root, pid, p) is None for pid, p in test.items())
+    assert any(sqa.image_path(root, pid, p) is not None for pid, p in test.items())
+    scores = vlm_eval.choice_scores(model, proc, test, root, batch_size=4, progress=False)
+    assert set(scores) == set(test)
 
-    # reference: each option scored alone (no padding), by summed log-probability of its tokens
+    # reference: each whole conversation scored alone (no padding, no cache)
     for pid, p in test.items():
-        scores = []
+        reference = []
         for j in range(len(p["choices"])):
             conv = [{"from": "human", "value": sqa.choice_prompt(p)},
                     {"from": "gpt", "value": sqa.choice_answer(p, j)}]
@@ -198,8 +202,10 @@ def test_rank_choices_picks_the_most_likely_option_whatever_the_batching(cfg):
                 logp = torch.log_softmax(model(**batch).logits[0, :-1].float(), -1)
             target = labels[0, 1:]
             keep = target != -100
-            scores.append(logp[keep].gather(-1, target[keep].unsqueeze(-1)).sum().item())
-        assert batched[pid] == max(range(len(scores)), key=scores.__getitem__)
+            reference.append(logp[keep].gather(-1, target[keep].unsqueeze(-1)).sum().item())
+        assert scores[pid] == pytest.approx(reference, abs=1e-4)
+    picks = vlm_eval.rank_choices(model, proc, test, root, batch_size=5, progress=False)
+    assert picks == {pid: max(range(len(s)), key=s.__getitem__) for pid, s in scores.items()}
 
 
 def test_choice_answer_is_trained_on_the_tokens_the_prompt_shows(cfg):

@@ -110,6 +110,20 @@ def test_image_count_mismatch_is_clear():
         p([conv], [None])
 
 
+def test_a_cut_that_drops_every_answer_token_is_refused():
+    m = T.model()
+    conv = T.ColorDataset(1)[0]["conversations"]
+    ids, labels = T.processor(m).encode(conv, 1)
+    answer_at = next(i for i, t in enumerate(labels) if t != -100)
+    # cutting inside the answer keeps what fits (LLaVA's truncation) ...
+    p = VLProcessor(T.processor(m).image_processor, T.tokenizer(), m.num_image_tokens, max_length=answer_at + 1)
+    assert p.encode(conv, 1)[1][-1] == labels[answer_at]
+    # ... but a cut before it would leave an example that teaches nothing and scores nothing
+    p.max_length = answer_at
+    with pytest.raises(ValueError, match="cut every answer token.*raise max_length"):
+        p.encode(conv, 1)
+
+
 def test_unknown_connector_in_config():
     vision, llm = T.backbones()
     with pytest.raises(ValueError, match="unknown connector 'nope'"):

@@ -120,7 +120,10 @@ class LlavaConfig:
     sqa_splits: tuple[float, float, float] = (0.9, 0.05, 0.05)
     sqa_answer: str = "choice"      # or "answer" / "solution-first": see scienceqa_to_llava
     sqa_eval: str = "likelihood"    # or "generate": see vlkit.vlm_eval.answer_problems
-    max_length: int = 160           # tokens per training example (64 of them visual)
+    # tokens per example (64 of them visual). The longest problems (map directions) take 168:
+    # at 160 their answers were cut off, so 6% of training problems taught nothing and their
+    # test problems scored every option 0 (now VLProcessor refuses a cut that drops every answer).
+    max_length: int = 192
     # training and evaluation matmuls: "bf16" (autocast, as LLaVA trains), "no" (fp32), or "auto":
     # bf16 where the hardware computes it natively, else fp32 (bf16 is ~100x slower on AVX2 CPUs).
     # Resolved when the config is built, so cache keys and results name the precision used.

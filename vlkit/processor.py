@@ -66,6 +66,9 @@ class VLProcessor:
             if self.image_token_id in out_ids[self.max_length:]:
                 raise ValueError(f"{where or 'conversation'}: max_length={self.max_length} would cut an image "
                                  f"({len(out_ids)} tokens); raise max_length")
+            if any(t != IGNORE for t in labels) and all(t == IGNORE for t in labels[: self.max_length]):
+                raise ValueError(f"{where or 'conversation'}: max_length={self.max_length} would cut every "
+                                 f"answer token ({len(out_ids)} tokens); raise max_length")
             out_ids, labels = out_ids[: self.max_length], labels[: self.max_length]
         return out_ids, labels
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from vlkit import cache, llava, paths, world
 from vlkit.benchmarks import llava_bench as bench
 from vlkit.benchmarks import scienceqa as sqa
+from vlkit.processor import IGNORE
 
 
 def blank_image(size: int = 64) -> Image.Image:
@@ -74,44 +75,74 @@ def _images(problems: dict[str, dict], root: str | Path, blind: bool) -> list[An
 
 
 @torch.no_grad()
+def choice_scores(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
+                  batch_size: int = 32, progress: bool = True) -> dict[str, list[float]]:
+    """``pid -> [summed log-probability of each choice's answer]`` (notebook 03).
+
+    Each choice's answer (:func:`sqa.choice_answer`) is scored as the assistant turn after the
+    problem's prompt. The prompt (image, question, options: ~90% of the tokens) is the same for
+    every choice, so it runs once per problem; its KV cache is then copied to one row per
+    choice and only the answers run on top of it, at the positions they have in the whole
+    conversation. The scores equal scoring each whole conversation on its own (a test pins
+    it), for ~1/3 of the compute, and a text-reading connector sees the prompt only, as when
+    the model generates.
+    """
+    model.eval()
+    pids, images = list(problems), _images(problems, root, blind)
+    encoded = []  # per problem: the shared prefix, then each choice's (ids, labels) after it
+    for pid, image in zip(pids, images):
+        p = problems[pid]
+        seqs = [processor.encode([{"from": "human", "value": sqa.choice_prompt(p)},
+                                  {"from": "gpt", "value": sqa.choice_answer(p, j)}],
+                                 n_images=int(image is not None), where=pid)
+                for j in range(len(p["choices"]))]
+        cut = min(next((i for i, t in enumerate(lab) if t != IGNORE), len(lab)) for _, lab in seqs)
+        while any(ids[:cut] != seqs[0][0][:cut] for ids, _ in seqs):
+            cut -= 1  # a tokenizer that merges across the turn boundary: share less
+        encoded.append((seqs[0][0][:cut], [(ids[cut:], lab[cut:]) for ids, lab in seqs]))
+    scores: dict[str, list[float]] = {}
+    # similar prompt lengths batched together: less padding (the scores do not depend on the batching)
+    order = sorted(range(len(pids)), key=lambda k: len(encoded[k][0]))
+    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    for chunk in tqdm(chunks, desc="ScienceQA choices" + (" (blind)" if blind else ""),
+                      disable=not progress or len(chunks) < 2):
+        prefix = processor.pad([(encoded[k][0], encoded[k][0]) for k in chunk], side="left")
+        imgs = [images[k] for k in chunk if images[k] is not None]
+        pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"] if imgs else None
+        mask = prefix["attention_mask"]
+        out = model(input_ids=prefix["input_ids"], pixel_values=pixels, attention_mask=mask,
+                    position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
+        rows = [r for r, k in enumerate(chunk) for _ in encoded[k][1]]
+        answers = processor.pad([s for k in chunk for s in encoded[k][1]], side="right")
+        out.cache.batch_select_indices(torch.tensor(rows))  # one copy of its prompt's cache per choice
+        start = mask.sum(1)[rows].unsqueeze(1)
+        logits = model(input_ids=answers["input_ids"], cache=out.cache,
+                       attention_mask=torch.cat([mask[rows], answers["attention_mask"]], 1),
+                       position_ids=start + torch.arange(answers["input_ids"].shape[1])).logits
+        # the first answer token is predicted by the prompt's last position, the others by the answer's
+        logits = torch.cat([out.logits[rows][:, -1:], logits[:, :-1]], 1).float()
+        target = answers["labels"]
+        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        summed = (logp * (target != IGNORE)).sum(1).tolist()
+        i = 0
+        for k in chunk:
+            n = len(encoded[k][1])
+            scores[pids[k]], i = summed[i:i + n], i + n
+    return {pid: scores[pid] for pid in pids}
+
+
 def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
                  batch_size: int = 32, progress: bool = True) -> dict[str, int]:
     """``pid -> index`` of the choice the model finds most likely as its answer (notebook 03).
 
     Multiple choice by likelihood (the cloze-style scoring of lm-evaluation-harness and
-    MMBench's PPL mode): each choice's answer (:func:`sqa.choice_answer`: the option's text,
-    after an attribute question's subject) is scored as the assistant turn after the same
-    prompt, by its summed token log-probability. Unlike generating ``"The answer is B."``, it
-    needs no learned mapping from an answer to its option letter, which a tiny LLM picks up
-    late; what it measures is whether the model knows the answer.
+    MMBench's PPL mode): the choice whose answer has the highest summed token log-probability
+    (:func:`choice_scores`). Unlike generating ``"The answer is B."``, it needs no learned
+    mapping from an answer to its option letter, which a tiny LLM picks up late; what it
+    measures is whether the model knows the answer.
     """
-    model.eval()
-    pids, images = list(problems), _images(problems, root, blind)
-    prompts = [sqa.choice_prompt(problems[pid]) for pid in pids]
-    items = [(k, j) for k, pid in enumerate(pids) for j in range(len(problems[pid]["choices"]))]
-    scores = torch.full((len(items),), float("-inf"))
-    # similar lengths batched together: less padding (the scores do not depend on the batching)
-    order = sorted(range(len(items)), key=lambda i: len(prompts[items[i][0]]))
-    chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for chunk in tqdm(chunks, desc="ScienceQA choices" + (" (blind)" if blind else ""),
-                      disable=not progress or len(chunks) < 2):
-        convs, imgs = [], []
-        for i in chunk:
-            k, j = items[i]
-            convs.append([{"from": "human", "value": prompts[k]},
-                          {"from": "gpt", "value": sqa.choice_answer(problems[pids[k]], j)}])
-            imgs.append(images[k])
-        batch = processor(convs, imgs)
-        labels = batch.pop("labels")
-        logits = model(**batch).logits[:, :-1].float()
-        target = labels[:, 1:]
-        logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        scores[chunk] = (logp * (target != -100)).sum(1)
-    best: dict[str, tuple[float, int]] = {}
-    for (k, j), score in zip(items, scores.tolist()):
-        if pids[k] not in best or score > best[pids[k]][0]:
-            best[pids[k]] = (score, j)
-    return {pid: j for pid, (_, j) in best.items()}
+    scores = choice_scores(model, processor, problems, root, blind, batch_size, progress)
+    return {pid: max(range(len(s)), key=s.__getitem__) for pid, s in scores.items()}
 
 
 def answer_scienceqa(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
@@ -200,7 +231,7 @@ def _subset_accuracy(subset: dict[str, dict], answers: dict[str, str]) -> float 
 def eval_key(cfg: "llava.LlavaConfig", variant: "llava.Variant", blind: bool = True) -> dict:
     return {"model": llava.stage2_key(cfg, variant), "blind": blind, "eval_batch": cfg.eval_batch,
             "sqa_max_new_tokens": cfg.sqa_max_new_tokens, "sqa_eval": cfg.sqa_eval, "bench_scenes": cfg.bench_scenes,
-            "bench_max_new_tokens": cfg.bench_max_new_tokens, "mixed_precision": cfg.mixed_precision, "version": 2}
+            "bench_max_new_tokens": cfg.bench_max_new_tokens, "mixed_precision": cfg.mixed_precision, "version": 3}
 
 
 def evaluate_variant(cfg: "llava.LlavaConfig", variant: "llava.Variant" = llava.MAIN, blind: bool = True) -> dict:
