@@ -98,9 +98,9 @@ class LlavaConfig:
     stage1_lr: float = 1e-3
     # stage 2: connector + LLM, instructions + ScienceQA train
     # 320 steps x 16 examples (bf16 + length buckets), for notebook 03's ten minutes: five variants,
-    # their two stage-1 connectors and the evaluation took 11.0 min in a slow phase of this shared
-    # 2-core VM (350 steps with 4 binding repeats: 8.7 min in a fast phase, 10.5 in a slow one). Main variant:
-    # binding 64.4 / 72.4 / 79.2% for stage-2 seeds 0 / 1 / 2 (bag of attributes 42.5%).
+    # their two stage-1 connectors and the evaluation took 9.1 min from scratch on this shared 2-core
+    # VM (README, "Reference results"; 9.95 min with 80 stage-1 steps in a slower phase). Main
+    # variant: binding 80.6 / 59.8 / 60.4% for stage-2 seeds 0 / 1 / 2 (bag of attributes 42.5%).
     stage2_steps: int = 320
     stage2_batch: int = 16
     stage2_lr_connector: float = 1e-3

@@ -80,11 +80,11 @@ def choice_scores(model, processor, problems: dict[str, dict], root: str | Path,
     """``pid -> [summed log-probability of each choice's answer]`` (notebook 03).
 
     Each choice's answer (:func:`sqa.choice_answer`) is scored as the assistant turn after the
-    problem's prompt. The prompt (image, question, options: ~90% of the tokens) is the same for
+    problem's prompt. The prompt (image, question, options: ~95% of the tokens) is the same for
     every choice, so it runs once per problem; its KV cache is then copied to one row per
     choice and only the answers run on top of it, at the positions they have in the whole
     conversation. The scores equal scoring each whole conversation on its own (a test pins
-    it), for ~1/3 of the compute, and a text-reading connector sees the prompt only, as when
+    it), 2.6x faster (``benchmarks/bench_choice_scoring.py``), and a text-reading connector sees the prompt only, as when
     the model generates.
     """
     model.eval()
