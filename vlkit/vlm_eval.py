@@ -84,8 +84,8 @@ def choice_scores(model, processor, problems: dict[str, dict], root: str | Path,
     every choice, so it runs once per problem; its KV cache is then copied to one row per
     choice and only the answers run on top of it, at the positions they have in the whole
     conversation. The scores equal scoring each whole conversation on its own (a test pins
-    it), 2.6x faster (``benchmarks/bench_choice_scoring.py``), and a text-reading connector sees the prompt only, as when
-    the model generates.
+    it), 2.6x faster (``benchmarks/bench_choice_scoring.py``); and a text-reading connector
+    sees the prompt only, as when the model generates.
     """
     model.eval()
     pids, images = list(problems), _images(problems, root, blind)
