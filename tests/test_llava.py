@@ -178,6 +178,16 @@ def test_config_profiles_and_variants():
     assert full.scienceqa.split_shares == tuple(full.sqa_splits)
 
 
+def test_the_llm_attention_is_the_configs_and_part_of_every_stage_key(cfg):
+    import dataclasses
+    assert llava.build_model(cfg, "linear")[0].language_model.config._attn_implementation == "eager"
+    sdpa = dataclasses.replace(cfg, llm_attention="sdpa")
+    assert llava.build_model(sdpa, "linear")[0].language_model.config._attn_implementation == "sdpa"
+    assert llava.stage1_key(cfg, "linear") != llava.stage1_key(sdpa, "linear")
+    no_stage1 = next(v for v in llava.VARIANTS if not v.stage1)
+    assert llava.stage2_key(cfg, no_stage1) != llava.stage2_key(sdpa, no_stage1)
+
+
 def test_choice_scores_equal_scoring_each_whole_conversation_alone(cfg):
     # choice_scores runs each prompt once and the answers on copies of its KV cache; that must
     # change nothing but the cost, whatever the batching and the padding it brings
