@@ -98,9 +98,9 @@ class LlavaConfig:
     stage1_lr: float = 1e-3
     # stage 2: connector + LLM, instructions + ScienceQA train
     # 320 steps x 16 examples (bf16 + length buckets), for notebook 03's ten minutes: five variants,
-    # their two stage-1 connectors and the evaluation took 9.1 min from scratch on this shared 2-core
-    # VM (README, "Reference results"; 9.95 min with 80 stage-1 steps in a slower phase). Main
-    # variant: binding 80.6 / 59.8 / 60.4% for stage-2 seeds 0 / 1 / 2 (bag of attributes 42.5%).
+    # their two stage-1 connectors and the evaluation took 7.7 min on a fresh clone in a slow phase of
+    # this shared 2-core VM (README, "Reference results"). Main variant: binding 75.5 / 69.2 / 62.4%
+    # for stage-2 seeds 0 / 1 / 2 (bag of attributes 42.5%).
     stage2_steps: int = 320
     stage2_batch: int = 16
     stage2_lr_connector: float = 1e-3
@@ -132,8 +132,8 @@ class LlavaConfig:
     length_bucket: int = 32         # training batches from one 32-word length bucket: less padding (0: off)
     # the LLM's attention function (transformers' names). On this CPU the bf16 SDPA kernel's backward
     # is slow at these sizes: a stage-2 step (16 x ~166 tokens) takes 215 ms with "eager" vs 302 ms
-    # with "sdpa" (254 ms with SDPA's math backend), measured interleaved in one process. Use
-    # "sdpa" or "flash_attention_2" on a GPU.
+    # with "sdpa" (254 ms with SDPA's math backend), measured interleaved in one process
+    # (benchmarks/bench_llm_attention.py). Use "sdpa" or "flash_attention_2" on a GPU.
     llm_attention: str = "eager"
     # evaluation
     eval_batch: int = 64
