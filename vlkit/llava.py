@@ -131,9 +131,9 @@ class LlavaConfig:
     mixed_precision: str = "auto"
     length_bucket: int = 32         # training batches from one 32-word length bucket: less padding (0: off)
     # the LLM's attention function (transformers' names). On this CPU the bf16 SDPA kernel's backward
-    # is slow at these sizes: a stage-2 step (16 x ~166 tokens) takes 215 ms with "eager" vs 302 ms
-    # with "sdpa" (254 ms with SDPA's math backend), measured interleaved in one process
-    # (benchmarks/bench_llm_attention.py). Use "sdpa" or "flash_attention_2" on a GPU.
+    # is slow at these sizes: a stage-2 step (16 x 166 tokens) takes 244 ms with "eager" vs 335 ms
+    # with "sdpa" (274 ms with SDPA's math backend; benchmarks/bench_llm_attention.py, the paths
+    # interleaved in one process). Use "sdpa" or "flash_attention_2" on a GPU.
     llm_attention: str = "eager"
     # evaluation
     eval_batch: int = 64
