@@ -54,7 +54,7 @@ def use_oracle(model, proc, cfg) -> None:
     scene); a blank image maps to all-background.
     """
     from vlkit import llava, world as W
-    from vlkit.backbones import conjunction_classes, patch_labels
+    from vlkit.backbones.clip import conjunction_classes, patch_labels
     from vlkit.vlm_eval import blank_image
     wcfg, grid = cfg.scienceqa.world, int(model.num_patches ** 0.5)
     scenes = json.loads((llava.scienceqa_dir(cfg) / "scenes.json").read_text())

@@ -9,6 +9,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfi
                           CLIPVisionModel)
 
 from vlkit import backbones as B
+from vlkit.backbones import clip as BC, llm as BL, probes as BP  # what the notebooks do not call
 from vlkit import world as W
 from vlkit.tokenizer import train_tokenizer
 
@@ -36,7 +37,7 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def tok(cfg):
-    return train_tokenizer(B.corpus_texts(B.text_corpus(cfg, 40, stream=11)), vocab_size=300)
+    return train_tokenizer(BL.corpus_texts(B.text_corpus(cfg, 40, stream=11)), vocab_size=300)
 
 
 def test_config_profiles():
@@ -48,9 +49,9 @@ def test_config_profiles():
 
 
 def test_vision_round_trip_through_from_pretrained(cfg, tok, tmp_path):
-    clip = CLIPModel(B.tiny_clip_config(cfg, tok)).eval()
+    clip = CLIPModel(BC.tiny_clip_config(cfg, tok)).eval()
     clip.save_pretrained(tmp_path / "clip")
-    vision = B.vision_from_clip(clip)
+    vision = BC.vision_from_clip(clip)
     vision.save_pretrained(tmp_path / "vision")
     x = torch.randn(2, 3, cfg.image_size, cfg.image_size)
     ref = clip.vision_model(pixel_values=x, output_hidden_states=True).hidden_states[-2]
@@ -66,7 +67,7 @@ def test_vision_round_trip_through_from_pretrained(cfg, tok, tmp_path):
 
 
 def test_llm_round_trip_and_4bit(cfg, tok, tmp_path):
-    llm = B.build_llm(None, config=B.tiny_llm_config(cfg, tok)).eval()
+    llm = B.build_llm(None, config=BL.tiny_llm_config(cfg, tok)).eval()
     llm.save_pretrained(tmp_path / "llm")
     x = torch.randint(0, len(tok), (2, 12))
     loaded = B.build_llm(tmp_path / "llm").eval()
@@ -80,14 +81,14 @@ def test_llm_round_trip_and_4bit(cfg, tok, tmp_path):
 
 
 def test_mismatched_checkpoint_is_a_clear_error(cfg, tok, tmp_path):
-    llm = B.build_llm(None, config=B.tiny_llm_config(cfg, tok))
+    llm = B.build_llm(None, config=BL.tiny_llm_config(cfg, tok))
     llm.save_pretrained(tmp_path / "llm")
     conf = json.loads((tmp_path / "llm" / "config.json").read_text())
     conf["intermediate_size"] = conf["intermediate_size"] * 2  # weights no longer fit
     (tmp_path / "llm" / "config.json").write_text(json.dumps(conf))
     with pytest.raises(ValueError, match="do not match"):
         B.build_llm(tmp_path / "llm")
-    vision = B.build_vision_tower(None, config=B.tiny_clip_config(cfg, tok).vision_config)
+    vision = B.build_vision_tower(None, config=BC.tiny_clip_config(cfg, tok).vision_config)
     vision.save_pretrained(tmp_path / "vision")
     conf = json.loads((tmp_path / "vision" / "config.json").read_text())
     conf["num_hidden_layers"] += 1  # a layer without weights
@@ -105,25 +106,25 @@ def test_pixels_match_the_image_processor(cfg):
     for res in (cfg.image_size, 80):  # same size, and a resize + crop
         images = [W.render(s, res) for s in scenes]
         ref = proc(images=images, return_tensors="pt")["pixel_values"]
-        torch.testing.assert_close(B.pixels(images, cfg.image_size), ref, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(BC.pixels(images, cfg.image_size), ref, atol=1e-4, rtol=1e-4)
 
 
 def test_patch_labels_name_the_object_under_each_patch(cfg):
     obj = W.WorldObject("circle", "red", "large", (0.0, 0.0, 0.5, 0.5))
-    labels = B.patch_labels(W.Scene("x", (obj,)), cfg.world, grid=4).view(4, 4)
-    classes = B.conjunction_classes(cfg.world)
+    labels = BC.patch_labels(W.Scene("x", (obj,)), cfg.world, grid=4).view(4, 4)
+    classes = BC.conjunction_classes(cfg.world)
     assert classes[labels[0, 0]] == "red circle" and classes[labels[1, 1]] == "red circle"
     assert labels[2:].eq(0).all() and labels[:, 2:].eq(0).all()
 
 
 def test_training_reduces_losses(cfg, tok):
-    clip, hist = B.train_clip(cfg, tok, progress=False)
+    clip, hist = BC.train_clip(cfg, tok, progress=False)
     first, last = hist[:3], hist[-3:]
     for key in ("contrastive", "dense"):
         assert sum(r[key] for r in last) < sum(r[key] for r in first)
     blocks = B.pack(B.corpus_ids(B.text_corpus(cfg, 40, stream=11), tok), cfg.llm_block)
-    ppl0 = B.perplexity(B.build_llm(None, config=B.tiny_llm_config(cfg, tok)), blocks[:8])
-    llm, hist = B.train_llm(cfg, tok, blocks, progress=False)
+    ppl0 = B.perplexity(B.build_llm(None, config=BL.tiny_llm_config(cfg, tok)), blocks[:8])
+    llm, hist = BL.train_llm(cfg, tok, blocks, progress=False)
     assert hist[-1]["loss"] < hist[0]["loss"]
     assert B.perplexity(llm, blocks[:8]) < ppl0
 
@@ -145,9 +146,9 @@ def test_probe_recovers_a_known_binding():
 
     xtr, gtr, ytr = make(n)
     xte, gte, yte = make(400)
-    attentive = B.fit_probe(xtr, ytr, gtr, n_colors, n_shapes)
+    attentive = BP.fit_probe(xtr, ytr, gtr, n_colors, n_shapes)
     assert (attentive(xte, gte) == yte).float().mean() > 0.95
-    pooled = B.fit_probe(xtr.mean(1), ytr, gtr, n_colors, n_shapes, attend=False)
+    pooled = BP.fit_probe(xtr.mean(1), ytr, gtr, n_colors, n_shapes, attend=False)
     assert (pooled(xte.mean(1), gte) == yte).float().mean() < 0.8
 
 
@@ -155,13 +156,13 @@ def test_probe_items_skip_ambiguous_shapes():
     objs = (W.WorldObject("circle", "red", "small", (0, 0, .2, .2)),
             W.WorldObject("circle", "blue", "small", (.5, .5, .7, .7)),
             W.WorldObject("square", "green", "small", (.3, .3, .4, .4)))
-    assert B.probe_items([W.Scene("x", objs)]) == [(0, "square", "green")]
+    assert BP.probe_items([W.Scene("x", objs)]) == [(0, "square", "green")]
 
 
 def test_the_llm_reads_each_conversation_after_its_scene_as_text(cfg, tok):
     # The answers must be readable from the document: an <image> slot the LLM never sees
     # filled taught it answer priors instead (README, "Where binding fails").
-    from vlkit.tokenizer import IMAGE_TOKEN
+    from vlkit.tokens import IMAGE_TOKEN
     corpus = B.text_corpus(cfg, 5, stream=11)
     assert len(corpus["conversations"]) == len(corpus["contexts"]) == 5 * 3
     text = tok.decode(B.corpus_ids(corpus, tok))
@@ -175,7 +176,7 @@ def test_the_llm_reads_each_conversation_after_its_scene_as_text(cfg, tok):
         assert f"{context}\n{question}" in text
         assert B.scene_as_text(conv, context)[1:] == conv[1:]
     # the tokenizer learns the VLM's language: captions and conversations, not the box lines
-    assert all(context not in t for t in B.corpus_texts(corpus))
+    assert all(context not in t for t in BL.corpus_texts(corpus))
     with pytest.raises(ValueError, match="image"):
         B.scene_as_text([{"from": "human", "value": "no image here"}], "a red circle")
 
@@ -265,7 +266,7 @@ class _FakeLM(torch.nn.Module):
 
 def test_context_lookup_scores_each_colour_by_its_likelihood(cfg, tok):
     world = dataclasses.replace(cfg.world, max_objects=4)
-    items = B.lookup_items(world, 40, seed=0)
+    items = BP.lookup_items(world, 40, seed=0)
     assert items and all(k >= 2 for *_, k in items)
     perfect = B.context_lookup(_FakeLM(tok), tok, world, n_scenes=40, batch_size=7)
     assert perfect["accuracy"] == 1.0 and perfect["n"] == len(items)

@@ -100,11 +100,13 @@ def test_chat_judge_prompt_order_and_malformed_counted():
     seen = []
     replies = iter(["9 6\nreasons", "I cannot rate these."])
 
-    def chat(messages):
-        seen.append(messages)
-        return next(replies)
+    class Client:  # what ChatJudge needs of a vlkit.chat_client.ChatClient
+        def complete(self, messages, **params):
+            seen.append(messages)
+            assert params == {"temperature": 0.0}  # LLaVA's judge is asked at temperature 0
+            return next(replies)
 
-    judge = lb.ChatJudge(chat)
+    judge = lb.ChatJudge(Client())
     recs = [dict(question_id=str(i), type="conv", context=CONTEXT, question="How many?",
                  answer="model says", reference="teacher says") for i in range(2)]
     js = lb.evaluate(recs, judge)

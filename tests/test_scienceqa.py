@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from vlkit.benchmarks import scienceqa as sqa
+from vlkit.world import scienceqa as gen
 
 
 def _prob(question, choices, answer, hint="", image=None, subject="natural science", grade="grade3",
@@ -193,8 +194,8 @@ def test_answer_subject_is_what_an_attribute_question_asks_about(question, subje
 
 @pytest.fixture(scope="module")
 def generated():
-    cfg = sqa.ScienceQAConfig(n_problems=1500, seed=0)
-    return sqa.generate_problems(cfg)
+    cfg = gen.ScienceQAConfig(n_problems=1500, seed=0)
+    return gen.generate_problems(cfg)
 
 
 def test_generated_problems_are_valid_and_cover_all_columns(generated):
@@ -211,9 +212,9 @@ def test_generated_problems_are_valid_and_cover_all_columns(generated):
 
 
 def test_generation_is_deterministic_and_seeded():
-    a = sqa.generate_problems(sqa.ScienceQAConfig(n_problems=50, seed=1))[0]
-    b = sqa.generate_problems(sqa.ScienceQAConfig(n_problems=80, seed=1))[0]
-    c = sqa.generate_problems(sqa.ScienceQAConfig(n_problems=50, seed=2))[0]
+    a = gen.generate_problems(gen.ScienceQAConfig(n_problems=50, seed=1))[0]
+    b = gen.generate_problems(gen.ScienceQAConfig(n_problems=80, seed=1))[0]
+    c = gen.generate_problems(gen.ScienceQAConfig(n_problems=50, seed=2))[0]
     assert all(a[k] == b[k] for k in a) and a != c
 
 
@@ -265,7 +266,7 @@ def test_baselines(generated):
 
 
 def test_write_benchmark_layout_loads_back(tmp_path):
-    out = sqa.write_benchmark(tmp_path / "bench", sqa.ScienceQAConfig(n_problems=40, seed=0))
+    out = gen.write_benchmark(tmp_path / "bench", gen.ScienceQAConfig(n_problems=40, seed=0))
     problems = sqa.load_problems(out / "problems.json", check_images=True)
     splits = json.loads((out / "pid_splits.json").read_text())
     assert sorted(pid for s in splits.values() for pid in s) == sorted(problems)
@@ -278,16 +279,16 @@ def test_write_benchmark_layout_loads_back(tmp_path):
 
 
 def test_for_profile():
-    assert sqa.ScienceQAConfig.for_profile("smoke").n_problems < sqa.ScienceQAConfig.for_profile("full").n_problems
+    assert gen.ScienceQAConfig.for_profile("smoke").n_problems < gen.ScienceQAConfig.for_profile("full").n_problems
     with pytest.raises(ValueError, match="profile"):
-        sqa.ScienceQAConfig.for_profile("huge")
+        gen.ScienceQAConfig.for_profile("huge")
 
 
 def test_ensure_scienceqa_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("VLKIT_ARTIFACTS", str(tmp_path))
-    cfg = sqa.ScienceQAConfig.for_profile("smoke", n_problems=20)
-    a = sqa.ensure_scienceqa(cfg)
-    assert (a / "problems.json").is_file() and a == sqa.ensure_scienceqa(cfg)
+    cfg = gen.ScienceQAConfig.for_profile("smoke", n_problems=20)
+    a = gen.ensure_scienceqa(cfg)
+    assert (a / "problems.json").is_file() and a == gen.ensure_scienceqa(cfg)
 
 
 def test_plots_return_figures(generated):

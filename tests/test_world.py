@@ -32,7 +32,7 @@ def test_objects_do_not_overlap_and_stay_inside():
             assert 0 <= x1 < x2 <= 1 and 0 <= y1 < y2 <= 1
             assert o.shape in SHAPES and o.color in COLORS and o.size in SIZES
             for p in s.objects[i + 1:]:
-                assert not world._overlaps(o.box, p.box, 0.0), (s.id, o, p)
+                assert not world.scenes._overlaps(o.box, p.box, 0.0), (s.id, o, p)
 
 
 def test_size_classes_are_separated_by_area():

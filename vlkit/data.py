@@ -29,10 +29,10 @@ from pathlib import Path
 
 from vlkit import atomic, cache, paths, world
 from vlkit.teacher import KINDS, make_teacher
+from vlkit.tokens import IMAGE_TOKEN
 
 # LLaVA-Instruct-158K: 58K conversations, 23K detailed descriptions, 77K complex reasoning.
 LLAVA_MIX = {"conversation": 58, "detail": 23, "reasoning": 77}
-IMAGE_TOKEN = "<image>"
 SPEAKERS = ("human", "gpt")
 # Stage-1 prompts, in the spirit of LLaVA's "describe the image briefly" list.
 BRIEF_PROMPTS = (
@@ -497,7 +497,3 @@ def dataset_stats(records) -> dict:
         out["answer_words_median"] = statistics.median(lengths)
     return out
 
-
-def config_summary(cfg: DataConfig) -> dict:
-    """A JSON-able view of the config (for notebooks and stats)."""
-    return dataclasses.asdict(cfg)

@@ -30,6 +30,7 @@ from vlkit.backbones import BackboneConfig, cache_key
 from vlkit.benchmarks import scienceqa as sqa
 from vlkit.data import DataConfig
 from vlkit.teacher import KINDS
+from vlkit.world.scienceqa import ScienceQAConfig, ensure_scienceqa
 
 # How many times each stage function really trained (tests check that caching skips it).
 TRAIN_CALLS = {"stage1": 0, "stage2": 0}
@@ -143,7 +144,7 @@ class LlavaConfig:
     progress: bool = True
     data: DataConfig | None = None
     backbones: BackboneConfig | None = None
-    scienceqa: sqa.ScienceQAConfig | None = None
+    scienceqa: ScienceQAConfig | None = None
 
     def __post_init__(self):
         if self.sqa_answer not in ANSWER_STYLES:
@@ -161,7 +162,7 @@ class LlavaConfig:
             raise ValueError(f"sqa_share must be in [0, 1), got {self.sqa_share}")
         self.data = self.data or DataConfig.for_profile(self.profile, seed=self.seed)
         self.backbones = self.backbones or BackboneConfig.for_profile(self.profile, seed=self.seed)
-        self.scienceqa = self.scienceqa or sqa.ScienceQAConfig.for_profile(
+        self.scienceqa = self.scienceqa or ScienceQAConfig.for_profile(
             self.profile, n_problems=self.n_problems, seed=self.seed, world=_sqa_world(self.data),
             split_shares=tuple(self.sqa_splits),
             resolution=self.data.resolution)
@@ -239,7 +240,7 @@ def data_dir(cfg: LlavaConfig) -> Path:
 
 def scienceqa_dir(cfg: LlavaConfig) -> Path:
     """The ScienceQA-format benchmark folder (built when missing)."""
-    return sqa.ensure_scienceqa(cfg.scienceqa)
+    return ensure_scienceqa(cfg.scienceqa)
 
 
 ANSWER_STYLES = ("answer", "solution-first", "choice")

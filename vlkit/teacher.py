@@ -4,26 +4,25 @@ LLaVA asked a text-only GPT-4 to write conversations, detailed descriptions and 
 reasoning about an image it never saw, given only captions and ``category: [x1, y1, x2, y2]``
 boxes. Here the same contract has two implementations:
 
-- :class:`TemplateTeacher`: offline and deterministic; every answer is computed from the
-  boxes, so it is true by construction. It assumes nothing about the categories: COCO
+- :class:`TemplateTeacher` (this module): offline and deterministic; every answer is computed
+  from the boxes, so it is true by construction. It assumes nothing about the categories: COCO
   contexts ("dog", "traffic light") work as well as ours ("red circle").
-- :class:`ChatTeacher`: any OpenAI-compatible ``/v1/chat/completions`` endpoint, with our
-  own system prompts and few-shot examples; replies are validated and malformed ones are
-  skipped and counted, never written.
+- :class:`vlkit.chat_teacher.ChatTeacher`: any OpenAI-compatible ``/v1/chat/completions``
+  endpoint (through :class:`vlkit.chat_client.ChatClient`), with our own system prompts and
+  few-shot examples; replies are validated and malformed ones are skipped and counted, never
+  written.
 
 Both return LLaVA turns: ``[{"from": "human", "value": q}, {"from": "gpt", "value": a}, ...]``.
+This module also parses the symbolic context both read (:func:`parse_context`).
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import re
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+
+from vlkit.english import a_or_an, counted, is_are, join_words, number_word, pluralize, where
 
 KINDS = ("conversation", "detail", "reasoning")
 
@@ -90,64 +89,9 @@ def parse_context(text: str, source: str = "context") -> Context:
 
 # ------------------------------------------------------------------------------ language
 
-_NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-_IRREGULAR = {"person": "people", "man": "men", "woman": "women", "child": "children",
-              "mouse": "mice", "foot": "feet", "tooth": "teeth", "sheep": "sheep",
-              "fish": "fish", "deer": "deer", "knife": "knives", "leaf": "leaves",
-              "skis": "skis", "scissors": "scissors", "glasses": "glasses"}
 COLOR_WORDS = frozenset(
     "red orange yellow green cyan blue purple white black gray grey brown pink violet "
     "magenta teal navy beige gold silver maroon olive turquoise".split())
-_FORWARD = {"left": "to the left of", "right": "to the right of", "top": "above", "bottom": "below"}
-
-
-def number_word(n: int) -> str:
-    return _NUM[n] if 0 <= n < len(_NUM) else str(n)
-
-
-def pluralize(noun: str) -> str:
-    """English plural of a (possibly multi-word) noun: the last word changes."""
-    *mods, head = noun.split(" ")
-    if head in _IRREGULAR:
-        p = _IRREGULAR[head]
-    elif head.endswith(("s", "x", "z", "ch", "sh")):
-        p = head + "es"
-    elif head.endswith("y") and len(head) > 1 and head[-2] not in "aeiou":
-        p = head[:-1] + "ies"
-    else:
-        p = head + "s"
-    return " ".join([*mods, p])
-
-
-def counted(n: int, noun: str) -> str:
-    """'no dogs', 'one dog', 'two dogs'."""
-    return f"{number_word(n)} {noun if n == 1 else pluralize(noun)}"
-
-
-def _a(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
-def _join(items: list[str], word: str = "and") -> str:
-    items = list(items)
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" {word} " + items[-1]
-
-
-def _be(n: int) -> str:
-    return "is" if n == 1 else "are"
-
-
-def position_phrase(cx: float, cy: float) -> str:
-    """Centre -> cell of a 3x3 grid: "top left", "left", "center", ... (same rule as the world)."""
-    h = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
-    v = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
-    return f"{v} {h}".strip() or "center"
-
-
-def where(cx: float, cy: float) -> str:
-    p = position_phrase(cx, cy)
-    return {"center": "in the center", "left": "on the left side", "right": "on the right side",
-            "top": "at the top", "bottom": "at the bottom"}.get(p, f"in the {p} corner")
 
 
 def size_word(area: float) -> str:
@@ -192,7 +136,7 @@ class _Obj:
 
     @property
     def where(self) -> str:
-        return where(self.cx, self.cy)
+        return where(self.cx, self.cy, side=" side")
 
 
 # ------------------------------------------------------------------------ template teacher
@@ -231,7 +175,7 @@ class _Scene:
 
     def inventory(self) -> str:
         """'two blue squares and a red circle', grouped by category, in order of appearance."""
-        return _join([counted(len(v), k) if len(v) > 1 else _a(k) for k, v in self.by_cat.items()])
+        return join_words([counted(len(v), k) if len(v) > 1 else a_or_an(k) for k, v in self.by_cat.items()])
 
     def absent_combos(self) -> list[str]:
         """Categories built from this scene's words that are not in it ('blue circle')."""
@@ -246,7 +190,8 @@ class _Scene:
         return out
 
 
-def _turns(pairs: list[tuple[str, str]]) -> list[dict]:
+def llava_turns(pairs: list[tuple[str, str]]) -> list[dict]:
+    """``[(question, answer), ...]`` -> LLaVA turns, human then gpt (notebook 01)."""
     out = []
     for q, a in pairs:
         out += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
@@ -282,12 +227,12 @@ class TemplateTeacher:
         n = len(s.objs)
         qa["count"] = (rng.choice(["How many objects are in the image?", "How many objects can you see?",
                                    "How many things are there in the picture?"]),
-                       f"There {_be(n)} {counted(n, 'object')} in the image: {s.inventory()}.")
+                       f"There {is_are(n)} {counted(n, 'object')} in the image: {s.inventory()}.")
         h = rng.choice(sorted(s.by_kind))
         c = len(s.by_kind[h])
         qa["count_head"] = (f"How many {pluralize(h)} are there?",
-                            f"There {_be(c)} {counted(c, h)}"
-                            + (f": {_join([_a(o.category) for o in s.by_kind[h]])}." if c > 1 and
+                            f"There {is_are(c)} {counted(c, h)}"
+                            + (f": {join_words([a_or_an(o.category) for o in s.by_kind[h]])}." if c > 1 and
                                len({o.category for o in s.by_kind[h]}) > 1 else "."))
         absent = s.absent_combos()
         if absent and rng.random() < 0.5:
@@ -297,14 +242,14 @@ class TemplateTeacher:
         else:
             cat = rng.choice(sorted(s.by_cat))
             c = len(s.by_cat[cat])
-            qa["count_cat"] = (f"How many {pluralize(cat)} are there?", f"There {_be(c)} {counted(c, cat)}.")
+            qa["count_cat"] = (f"How many {pluralize(cat)} are there?", f"There {is_are(c)} {counted(c, cat)}.")
         if absent and rng.random() < 0.5:
             cat = rng.choice(absent)
-            qa["exists"] = (f"Is there {_a(cat)} in the image?", f"No, there is no {cat} in the image.")
+            qa["exists"] = (f"Is there {a_or_an(cat)} in the image?", f"No, there is no {cat} in the image.")
         else:
             o = rng.choice(s.objs)
-            qa["exists"] = (f"Is there {_a(o.category)} in the image?",
-                            f"Yes, there is {_a(o.category)} {o.where} of the image.")
+            qa["exists"] = (f"Is there {a_or_an(o.category)} in the image?",
+                            f"Yes, there is {a_or_an(o.category)} {o.where} of the image.")
         qa["list"] = (rng.choice(["What objects are in the image?", "What can you see in the image?"]),
                       f"The image shows {s.inventory()}.")
         single = [o for o in s.objs if len(s.by_kind[o.kind]) == 1 and o.color]
@@ -317,7 +262,7 @@ class TemplateTeacher:
         if colors:
             o = rng.choice(colors)
             qa["identity"] = (rng.choice([f"What is the {o.color} object?", f"Which object is {o.color}?"]),
-                              f"The {o.color} object is {_a(o.kind)}.")
+                              f"The {o.color} object is {a_or_an(o.kind)}.")
         if s.unique:
             o = rng.choice(s.unique)
             qa["position"] = (rng.choice([f"Where is the {o.category}?",
@@ -349,17 +294,17 @@ class TemplateTeacher:
         rng.shuffle(rest)
         chosen = (must + rest)[:rng.randint(3, 5)]
         rng.shuffle(chosen)
-        return _turns([qa[k] for k in chosen])
+        return llava_turns([qa[k] for k in chosen])
 
     # -- detail: one long description ---------------------------------------------------
     def _detail(self, s: _Scene, rng: random.Random) -> list[dict]:
         n = len(s.objs)
         order = sorted(s.objs, key=lambda o: (round(o.cy, 1), o.cx))
         parts = [s.captions[rng.randrange(len(s.captions))].rstrip(".") + "."]
-        parts.append(f"In total there {_be(n)} {counted(n, 'object')}: {s.inventory()}.")
+        parts.append(f"In total there {is_are(n)} {counted(n, 'object')}: {s.inventory()}.")
         for o in order:
-            parts.append(rng.choice([f"{o.where.capitalize()} there is {_a(size_word(o.area) + ' ' + o.category)}.",
-                                     f"{_a(size_word(o.area) + ' ' + o.category).capitalize()} is {o.where}."]))
+            parts.append(rng.choice([f"{o.where.capitalize()} there is {a_or_an(size_word(o.area) + ' ' + o.category)}.",
+                                     f"{a_or_an(size_word(o.area) + ' ' + o.category).capitalize()} is {o.where}."]))
         if n > 1:
             big, small = max(s.objs, key=lambda o: o.area), min(s.objs, key=lambda o: o.area)
             second = sorted(o.area for o in s.objs)[-2]
@@ -372,7 +317,7 @@ class TemplateTeacher:
             if pairs:
                 a, b = rng.choice(pairs)
                 parts.append(f"The {a.category} is to the left of the {b.category}.")
-        return _turns([(rng.choice(DETAIL_PROMPTS), " ".join(parts))])
+        return llava_turns([(rng.choice(DETAIL_PROMPTS), " ".join(parts))])
 
     # -- reasoning: answers that combine several facts ----------------------------------
     def _reasoning(self, s: _Scene, rng: random.Random) -> list[dict]:
@@ -389,7 +334,7 @@ class TemplateTeacher:
                 break
         if not pairs:
             pairs.append(self._r_arrangement(s, rng))
-        return _turns(pairs)
+        return llava_turns(pairs)
 
     @staticmethod
     def _r_more(s, rng):
@@ -398,7 +343,7 @@ class TemplateTeacher:
         h1, h2 = rng.sample(sorted(s.by_kind), 2)
         c1, c2 = len(s.by_kind[h1]), len(s.by_kind[h2])
         q = f"Are there more {pluralize(h1)} than {pluralize(h2)} in the image?"
-        facts = f"There {_be(c1)} {counted(c1, h1)} and {counted(c2, h2)}"
+        facts = f"There {is_are(c1)} {counted(c1, h1)} and {counted(c2, h2)}"
         if c1 > c2:
             return q, f"Yes. {facts}, so there are more {pluralize(h1)} than {pluralize(h2)}."
         if c1 < c2:
@@ -415,11 +360,11 @@ class TemplateTeacher:
             return None  # too close to the middle line to say which half
         inside = [o for o in objs if (coord(o) < 0.5) == (side in ("left", "top"))]
         q = f"How many {pluralize(h)} are in the {side} half of the image?"
-        total = f"There {_be(len(objs))} {counted(len(objs), h)} in the image"
+        total = f"There {is_are(len(objs))} {counted(len(objs), h)} in the image"
         if not inside:
             return q, f"{total}, and none of them is in the {side} half, so the answer is zero."
-        names = _join([s.ref(o) + f" ({o.where})" for o in inside])
-        return q, (f"{total}. {names[0].upper() + names[1:]} {_be(len(inside))} in the {side} half, "
+        names = join_words([s.ref(o) + f" ({o.where})" for o in inside])
+        return q, (f"{total}. {names[0].upper() + names[1:]} {is_are(len(inside))} in the {side} half, "
                    f"so the answer is {number_word(len(inside))}.")
 
     @staticmethod
@@ -431,7 +376,7 @@ class TemplateTeacher:
         n = len(s.objs)
         if rng.random() < 0.5:
             return (f"If the {o.category} were taken away, how many {pluralize(o.kind)} would remain?",
-                    f"There {_be(c)} currently {counted(c, o.kind)}; taking away the {o.category} "
+                    f"There {is_are(c)} currently {counted(c, o.kind)}; taking away the {o.category} "
                     f"leaves {counted(c - 1, o.kind)}.")
         return (f"If the {o.category} were removed, how many objects would be left in the image?",
                 f"The image shows {counted(n, 'object')}, so removing the {o.category} would leave "
@@ -481,8 +426,8 @@ class TemplateTeacher:
         q = f"How many objects in the image are bigger than the {o.category}?"
         if not big:
             return q, f"None. The {o.category} is the biggest object in the image."
-        return q, (f"{number_word(len(big)).capitalize()}: {_join([s.ref(p) for p in big])} "
-                   f"{_be(len(big))} bigger than the {o.category}, which is {size_word(o.area)}.")
+        return q, (f"{number_word(len(big)).capitalize()}: {join_words([s.ref(p) for p in big])} "
+                   f"{is_are(len(big))} bigger than the {o.category}, which is {size_word(o.area)}.")
 
     @staticmethod
     def _r_color_side(s, rng):
@@ -496,182 +441,32 @@ class TemplateTeacher:
             return None
         inside = [o for o in objs if (o.cx < 0.5) == (side == "left")]
         q = f"How many {col} objects are in the {side} half of the image?"
-        total = f"There {_be(len(objs))} {counted(len(objs), col + ' object')}"
+        total = f"There {is_are(len(objs))} {counted(len(objs), col + ' object')}"
         if not inside:
             return q, f"{total}, but none of them is in the {side} half, so the answer is zero."
-        return q, (f"{total}; {_join([s.ref(o) for o in inside])} {_be(len(inside))} in the "
+        return q, (f"{total}; {join_words([s.ref(o) for o in inside])} {is_are(len(inside))} in the "
                    f"{side} half, so the answer is {number_word(len(inside))}.")
 
     @staticmethod
     def _r_arrangement(s, rng):
         return ("How are the objects arranged in the image?",
-                " ".join(f"{_a(o.category).capitalize()} is {o.where}." for o in s.objs))
-
-
-# --------------------------------------------------------------------------- chat teacher
-
-SYSTEM_PROMPTS = {
-    "conversation": (
-        "You are an AI visual assistant looking at a single image. You do not see it: you receive "
-        "five captions describing it and the bounding boxes of its objects as "
-        "'category: [x1, y1, x2, y2]', coordinates normalised to 0-1 with (0, 0) at the top left. "
-        "Write a conversation between a person asking about the image and you answering as if you "
-        "saw it. Ask about object types, counts, colours, positions, relative positions and sizes. "
-        "Only ask questions that can be answered with confidence from the given information. "
-        "Never mention captions, boxes or coordinates. Format each exchange as two lines:\n"
-        "Question: <question>\nAnswer: <answer>"),
-    "detail": (
-        "You are an AI visual assistant. You receive five captions of an image and the bounding "
-        "boxes of its objects as 'category: [x1, y1, x2, y2]' (normalised, origin at top left). "
-        "Write one detailed paragraph describing the image as if you saw it: every object, its "
-        "colour, size and position, and how the objects are arranged. Only state what the "
-        "information supports. Never mention captions, boxes or coordinates. Reply with the "
-        "paragraph only."),
-    "reasoning": (
-        "You are an AI visual assistant. You receive five captions of an image and the bounding "
-        "boxes of its objects as 'category: [x1, y1, x2, y2]' (normalised, origin at top left). "
-        "Ask one question about the image that needs several facts to answer (comparisons, "
-        "counting under a condition, spatial reasoning) and answer it step by step, as if you saw "
-        "the image. The answer must be correct given the information. Never mention captions, "
-        "boxes or coordinates. Format:\nQuestion: <question>\nAnswer: <answer>"),
-}
-
-_FEW_SHOT_CONTEXT = (
-    "A dog and two people in a park.\nTwo people stand near a brown dog.\n"
-    "A dog lying on the grass on the left.\nPeople and their pet outdoors.\nA sunny park scene.\n\n"
-    "brown dog: [0.050, 0.600, 0.300, 0.850]\nperson: [0.500, 0.200, 0.650, 0.900]\n"
-    "person: [0.700, 0.250, 0.850, 0.900]\n")
-FEW_SHOT = {
-    "conversation": (_FEW_SHOT_CONTEXT,
-                     "Question: How many people are in the image?\nAnswer: There are two people.\n"
-                     "Question: What colour is the dog?\nAnswer: The dog is brown.\n"
-                     "Question: Where is the dog?\nAnswer: The dog is at the bottom left, to the left of the people."),
-    "detail": (_FEW_SHOT_CONTEXT,
-               "A sunny park scene: a brown dog lies on the grass in the lower left of the image, "
-               "while two people stand side by side on the right, both taller than the dog is long."),
-    "reasoning": (_FEW_SHOT_CONTEXT,
-                  "Question: Is the dog closer to the person on the left or to the person on the right?\n"
-                  "Answer: The dog is in the lower left. Of the two people, one stands in the middle and "
-                  "one further right, so the dog is closer to the person in the middle."),
-}
-_QA = re.compile(r"^Question:\s*(?P<q>.+?)\s*\nAnswer:\s*(?P<a>.+?)\s*(?=\nQuestion:|\Z)", re.S | re.M)
-
-
-class TeacherError(RuntimeError):
-    """The endpoint could not be reached or refused the request (after retries)."""
-
-
-def parse_reply(reply: str, kind: str, rng: random.Random | None = None) -> list[dict] | None:
-    """Turn a chat reply into LLaVA turns; None when it does not follow the format (notebook 01)."""
-    if not isinstance(reply, str) or not reply.strip() or len(reply) > 8000:
-        return None
-    reply = reply.strip()
-    if kind == "detail":
-        if "Question:" in reply or "Answer:" in reply or len(reply) < 20:
-            return None
-        return _turns([((rng or random).choice(DETAIL_PROMPTS), " ".join(reply.split()))])
-    pairs = [(m["q"].strip(), m["a"].strip()) for m in _QA.finditer(reply)]
-    # Strict format: starts with a question, and every Question: has exactly one Answer:.
-    if not pairs or not reply.startswith("Question:") \
-            or reply.count("Question:") != len(pairs) or reply.count("Answer:") != len(pairs) \
-            or any(not q or not a for q, a in pairs):
-        return None
-    if kind == "reasoning":
-        pairs = pairs[:2]
-    return _turns(pairs)
-
-
-class ChatTeacher:
-    """Teacher behind an OpenAI-compatible ``/v1/chat/completions`` endpoint (notebook 01).
-
-    The API key is read from the environment variable ``api_key_env`` at request time and
-    is never stored on the object, printed, or put into an exception. Transient failures
-    (timeouts, connection errors, 429, 5xx) are retried with exponential backoff
-    (``backoff * 2**attempt`` seconds); a reply that does not follow the format is counted in
-    ``n_malformed`` and ``generate`` returns None.
-    """
-
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
-                 timeout: float = 60.0, max_retries: int = 4, backoff: float = 1.0,
-                 temperature: float = 0.7, seed: int = 0):
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
-        self.model, self.api_key_env = model, api_key_env
-        self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
-        self.temperature = temperature
-        self.rng = random.Random(seed)
-        self.n_requests = self.n_retries = self.n_malformed = 0
-
-    def __repr__(self) -> str:
-        return (f"ChatTeacher(base_url={self.base_url!r}, model={self.model!r}, "
-                f"api_key_env={self.api_key_env!r})")
-
-    @property
-    def url(self) -> str:
-        # Accept both ".../v1" and the bare server root.
-        return self.base_url + ("/chat/completions" if self.base_url.endswith("/v1") else "/v1/chat/completions")
-
-    def messages(self, context_text: str, kind: str) -> list[dict]:
-        ctx, answer = FEW_SHOT[kind]
-        return [{"role": "system", "content": SYSTEM_PROMPTS[kind]},
-                {"role": "user", "content": ctx}, {"role": "assistant", "content": answer},
-                {"role": "user", "content": context_text}]
-
-    def _post(self, payload: dict) -> dict:
-        key = os.environ.get(self.api_key_env)
-        headers = {"Content-Type": "application/json"}
-        if key:
-            headers["Authorization"] = "Bearer " + key
-        body = json.dumps(payload).encode()
-        last = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                self.n_retries += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            self.n_requests += 1
-            req = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                    raw = r.read()
-            except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code} {e.reason}"
-                if e.code == 429 or e.code >= 500:
-                    continue
-                raise TeacherError(f"{self.url}: {last}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
-                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
-                continue
-            try:
-                return json.loads(raw)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                return {}  # not JSON: a malformed reply, counted by the caller
-        raise TeacherError(f"{self.url}: gave up after {self.max_retries + 1} attempts ({last})")
-
-    def generate(self, context_text: str, kind: str, key: str | None = None) -> list[dict] | None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
-        parse_context(context_text)  # refuse to send a malformed context
-        data = self._post({"model": self.model, "messages": self.messages(context_text, kind),
-                           "temperature": self.temperature})
-        try:
-            reply = data["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError):
-            reply = None
-        rng = random.Random(f"{key}:{kind}") if key is not None else self.rng
-        turns = parse_reply(reply, kind, rng) if reply is not None else None
-        if turns is None:
-            self.n_malformed += 1
-        return turns
+                " ".join(f"{a_or_an(o.category).capitalize()} is {o.where}." for o in s.objs))
 
 
 def make_teacher(name: str, seed: int = 0, **chat_kwargs):
-    """'template' or 'chat' -> a teacher; anything else is a clear ValueError (notebook 01)."""
+    """'template' or 'chat' -> a teacher; anything else is a clear ValueError (notebook 01).
+
+    ``chat_kwargs`` are those of :class:`vlkit.chat_client.ChatClient` (``base_url``, ``model``,
+    ``api_key_env``, ``timeout``, ``max_retries``, ``backoff``) plus the chat teacher's
+    ``temperature``; None values keep the defaults.
+    """
     if name == "template":
         return TemplateTeacher(seed)
     if name == "chat":
-        missing = [k for k in ("base_url", "model") if not chat_kwargs.get(k)]
-        if missing:
-            raise ValueError(f"the chat teacher needs {' and '.join(missing)}")
-        return ChatTeacher(**{k: v for k, v in chat_kwargs.items() if v is not None}, seed=seed)
+        from vlkit.chat_client import ChatClient, missing_endpoint
+        from vlkit.chat_teacher import ChatTeacher
+        kwargs = {k: v for k, v in chat_kwargs.items() if v is not None}
+        missing_endpoint(kwargs, "the chat teacher")
+        teacher_kwargs = {k: kwargs.pop(k) for k in ("temperature",) if k in kwargs}
+        return ChatTeacher(ChatClient(**kwargs), seed=seed, **teacher_kwargs)
     raise ValueError(f"unknown teacher {name!r}; expected 'template' or 'chat'")

@@ -13,9 +13,9 @@ Two judges share one interface, ``judge.score(context, question, answer, referen
   ("the circle is red"), absolute positions ("in the top left corner"), relative positions
   ("to the left of the blue square"), size comparisons -- and checks each against the parsed
   context. Correct facts raise the score, contradicted or hallucinated ones lower it.
-- :class:`ChatJudge`: an OpenAI-compatible chat endpoint (e.g. a ``ChatTeacher``) prompted in
-  LLaVA's judge format; a reply whose first line is not two scores is counted as malformed,
-  never scored.
+- :class:`ChatJudge`: an OpenAI-compatible chat endpoint (a :class:`vlkit.chat_client.ChatClient`,
+  e.g. the chat teacher's) prompted in LLaVA's judge format; a reply whose first line is not two
+  scores is counted as malformed, never scored.
 """
 from __future__ import annotations
 
@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from vlkit.teacher import COLOR_WORDS, parse_context, pluralize, position_phrase
+from vlkit.english import pluralize, position_phrase
+from vlkit.teacher import COLOR_WORDS, parse_context
+from vlkit.tokens import IMAGE_TOKEN
 
 TYPES = ("conversation", "detail", "reasoning")
 # LLaVA-Bench's own category names -> ours.
@@ -306,28 +308,20 @@ def parse_judge_reply(reply: Any) -> tuple[float, float] | None:
 
 
 class ChatJudge:
-    """Judge through a chat endpoint: ``chat(messages) -> reply text`` (notebook 03).
+    """Judge through a chat endpoint, asked at temperature 0 as LLaVA's judge is (notebook 03).
 
-    ``n_malformed`` counts replies that gave no scores; those judgements are None.
+    ``client``: a :class:`vlkit.chat_client.ChatClient` (anything with ``complete(messages,
+    **params) -> reply text or None``). ``n_malformed`` counts replies that gave no scores;
+    those judgements are None.
     """
 
-    def __init__(self, chat: Callable[[list[dict]], str | None]):
-        self.chat = chat
+    def __init__(self, client):
+        self.client = client
         self.n_malformed = 0
 
-    @classmethod
-    def from_teacher(cls, teacher) -> "ChatJudge":
-        """A judge on a ``vlkit.teacher.ChatTeacher``'s endpoint (temperature 0, as LLaVA's)."""
-        def chat(messages: list[dict]) -> str | None:
-            data = teacher._post({"model": teacher.model, "messages": messages, "temperature": 0.0})
-            try:
-                return data["choices"][0]["message"]["content"]
-            except (KeyError, IndexError, TypeError):
-                return None
-        return cls(chat)
-
     def score(self, context: str, question: str, answer: str, reference: str) -> tuple[float, float] | None:
-        got = parse_judge_reply(self.chat(judge_messages(context, question, answer, reference)))
+        reply = self.client.complete(judge_messages(context, question, answer, reference), temperature=0.0)
+        got = parse_judge_reply(reply)
         if got is None:
             self.n_malformed += 1
             return None
@@ -416,7 +410,7 @@ def make_questions(scenes, teacher=None, seed: int = 0, types: Iterable[str] = T
             if not turns:
                 continue  # a malformed chat-teacher reply: counted by the teacher
             k = rng.randrange(len(turns) // 2)
-            q = turns[2 * k]["value"].replace("<image>", "").strip()
+            q = turns[2 * k]["value"].replace(IMAGE_TOKEN, "").strip()
             out.append({"question_id": f"{scene.id}-{t}", "image_id": scene.id, "type": t,
                         "context": ctx, "question": q, "reference": turns[2 * k + 1]["value"]})
     return out

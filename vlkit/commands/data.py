@@ -22,6 +22,17 @@ def _chat_kwargs(args) -> dict:
     return {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
 
 
+def _teacher(args):
+    """The teacher ``--teacher`` names; a chat teacher gets a client on ``--base-url``."""
+    from vlkit.teacher import TemplateTeacher
+    if args.teacher != "chat":
+        return TemplateTeacher(args.seed)
+    from vlkit.chat_client import ChatClient, missing_endpoint
+    from vlkit.chat_teacher import ChatTeacher
+    missing_endpoint(_chat_kwargs(args), "the chat teacher")
+    return ChatTeacher(ChatClient(**_chat_kwargs(args)), seed=args.seed)
+
+
 def cmd_generate(args) -> int:
     from vlkit import atomic, data
 
@@ -34,10 +45,7 @@ def cmd_generate(args) -> int:
         raise _user_error(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
         raise _user_error(f"{out}: folder is not empty (use --overwrite to replace it)")
-    teacher = None
-    if args.teacher == "chat":
-        from vlkit.teacher import make_teacher
-        teacher = make_teacher("chat", args.seed, **_chat_kwargs(args))
+    teacher = _teacher(args) if args.teacher == "chat" else None
     try:
         # Built in a temporary sibling and renamed into place: never half-written.
         with atomic.atomic_dir(out) as tmp:
@@ -54,14 +62,14 @@ def cmd_generate(args) -> int:
 
 def cmd_from_context(args) -> int:
     from vlkit.data import with_image_token
-    from vlkit.teacher import make_teacher, parse_context
+    from vlkit.teacher import parse_context
 
     path = Path(args.file)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     text = path.read_text(encoding="utf-8")
     parse_context(text, source=str(path))  # errors name the file and line
-    teacher = make_teacher(args.teacher, args.seed, **_chat_kwargs(args))
+    teacher = _teacher(args)
     turns = teacher.generate(text, args.kind, key=path.stem)
     if turns is None:
         raise _user_error(f"{path}: the chat teacher's reply was malformed; nothing written")

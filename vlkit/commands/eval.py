@@ -24,8 +24,9 @@ def _scienceqa(args) -> int:
 
 def _generate(args) -> int:
     from vlkit.benchmarks import scienceqa as sqa
-    cfg = sqa.ScienceQAConfig(n_problems=args.n, seed=args.seed, resolution=args.resolution)
-    out = sqa.write_benchmark(args.out, cfg)
+    from vlkit.world.scienceqa import ScienceQAConfig, write_benchmark
+    cfg = ScienceQAConfig(n_problems=args.n, seed=args.seed, resolution=args.resolution)
+    out = write_benchmark(args.out, cfg)
     problems = sqa.load_problems(out)
     counts = {s: len(sqa.select(problems, split=s)) for s in sqa.SPLITS}
     print(f"wrote {len(problems)} problems to {out} ({', '.join(f'{k} {v}' for k, v in counts.items())})")
@@ -36,9 +37,10 @@ def _llava_bench(args) -> int:
     from vlkit.benchmarks import llava_bench as lb
     records = lb.load_bench(args.questions, args.answers, args.reference)
     if args.judge == "chat":
-        from vlkit.teacher import make_teacher
-        judge = lb.ChatJudge.from_teacher(make_teacher("chat", base_url=args.base_url, model=args.model,
-                                                       api_key_env=args.api_key_env))
+        from vlkit.chat_client import ChatClient, missing_endpoint
+        endpoint = {"base_url": args.base_url, "model": args.model, "api_key_env": args.api_key_env}
+        missing_endpoint(endpoint, "the chat judge")
+        judge = lb.ChatJudge(ChatClient(**endpoint))
     else:
         judge = lb.RuleJudge()
     scores = lb.relative_scores(lb.evaluate(records, judge))

@@ -1,10 +1,7 @@
-"""A synthetic world of coloured shapes: scenes, rendering, captions, symbolic context (notebook 01).
+"""The world's scenes: objects, how scenes are sampled, and how they are drawn (notebook 01).
 
-LLaVA's teacher never sees pixels: it reads a *symbolic context* (five captions plus one
-``category: [x1, y1, x2, y2]`` line per object, boxes normalised to 0-1) and writes
-instruction data about it. Our world makes that context exact: every scene is a list of
-objects whose shape, colour, size, position and optional written word we know, so every
-generated answer can be checked against the ground truth.
+Every scene is a list of objects whose shape, colour, size, position and optional written
+word we know, so every answer generated about it can be checked against the ground truth.
 
 Objects do not overlap by default: occlusion makes attributes unrecoverable, and tiny
 vision towers learn far faster without it (see DESIGN.md, ~87% vs ~58% attribute accuracy).
@@ -211,96 +208,3 @@ def render(scene: Scene, resolution: int = 64, supersample: int = 1) -> Image.Im
     if supersample > 1:
         img = img.resize((resolution, resolution), Image.Resampling.BOX)
     return img
-
-
-# ------------------------------------------------------------------------------- captions
-
-_NUM = ("no", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-
-
-def number_word(n: int) -> str:
-    """0..10 as words ("no" for zero), larger numbers as digits."""
-    return _NUM[n] if 0 <= n < len(_NUM) else str(n)
-
-
-def plural(noun: str, n: int) -> str:
-    if n == 1:
-        return noun
-    return noun + ("es" if noun.endswith(("s", "x", "ch", "sh")) else "s")
-
-
-def position_phrase(cx: float, cy: float) -> str:
-    """Where a centre lies in a 3x3 grid: "top left", "center", "right", ... (notebook 01).
-
-    The teacher uses the same thirds, so captions and answers agree.
-    """
-    h = "left" if cx < 1 / 3 else "right" if cx > 2 / 3 else ""
-    v = "top" if cy < 1 / 3 else "bottom" if cy > 2 / 3 else ""
-    return f"{v} {h}".strip() or "center"
-
-
-def _where(o: WorldObject) -> str:
-    p = position_phrase(*o.center)
-    return {"center": "in the center", "left": "on the left", "right": "on the right",
-            "top": "at the top", "bottom": "at the bottom"}.get(p, f"in the {p} corner")
-
-
-def _a(words: str) -> str:
-    return ("an " if words[0] in "aeiou" else "a ") + words
-
-
-def _join(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
-
-
-def captions(scene: Scene, rng: random.Random, n: int = 5) -> list[str]:
-    """``n`` varied captions, all true of ``scene`` (notebook 01).
-
-    Like COCO's five captions they differ in focus: the full inventory, counts by shape,
-    one object's place, sizes, colours, and the words written on objects.
-    """
-    objs = list(scene.objects)
-    k = len(objs)
-    names = [_a(o.category) for o in objs]
-    by_shape: dict[str, int] = {}
-    for o in objs:
-        by_shape[o.shape] = by_shape.get(o.shape, 0) + 1
-    colors = sorted({o.color for o in objs})
-    big = max(objs, key=lambda o: o.box[2] - o.box[0])
-    focus = rng.choice(objs)
-    pool = [
-        f"{_join(names).capitalize()} on a dark background.",
-        f"{number_word(k).capitalize()} {plural('shape', k)}: "
-        + _join([f"{number_word(c)} {plural(s, c)}" for s, c in sorted(by_shape.items())]) + ".",
-        f"{_a(focus.category).capitalize()} {_where(focus)} of the image.",
-        f"A simple picture with {number_word(k)} {plural('object', k)} in "
-        + _join(colors) + ".",
-        f"{_join([_a(o.size + ' ' + o.category) for o in objs]).capitalize()}.",
-        f"The {big.size} {big.category} {_where(big)}"
-        + (" is the biggest object." if sum(o.size == big.size for o in objs) == 1 and k > 1
-           else " stands out."),
-        "A dark image showing " + _join([f"{_a(o.category)} {_where(o)}" for o in objs]) + ".",
-    ]
-    for o in objs:
-        if o.text:
-            what = f'the digit {o.text}' if o.text.isdigit() else f'the word "{o.text}"'
-            pool.append(f"{what.capitalize()} is written on {_a(o.size + ' ' + o.category)}.")
-    pool = list(dict.fromkeys(pool))  # identical objects can make identical sentences
-    texts = [c for c in pool if "written on" in c]
-    rest = [c for c in pool if "written on" not in c]
-    rng.shuffle(rest)
-    # Written words are rare and worth mentioning: they always make it into the five.
-    out = (texts[:2] + rest)[:n]
-    rng.shuffle(out)
-    return out
-
-
-def format_box(box) -> str:
-    return "[" + ", ".join(f"{v:.3f}" for v in box) + "]"
-
-
-def symbolic_context(scene: Scene, rng: random.Random) -> str:
-    """LLaVA's text form: five captions, a blank line, then ``category: [x1, y1, x2, y2]`` lines (notebook 01)."""
-    lines = captions(scene, rng, 5) + [""]
-    lines += [f"{o.category}: {format_box(o.box)}" for o in scene.objects]
-    return "\n".join(lines) + "\n"
