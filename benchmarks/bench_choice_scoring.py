@@ -1,6 +1,6 @@
 """ScienceQA likelihood scoring: one prompt pass + options on its KV cache vs whole conversations (notebook 03).
 
-``vlm_eval.choice_scores`` runs each problem's prompt once and scores the options on copies of
+``vlkit.eval.scoring.choice_scores`` runs each problem's prompt once and scores the options on copies of
 its KV cache. The baseline here is what it replaced: every option's whole conversation (image,
 prompt, answer) batched and run from scratch. Both score the full-profile test split with
 notebook 03's main model under the same bf16 autocast, alternating rounds in one process so CPU
@@ -19,14 +19,17 @@ import time
 
 import torch
 
-from vlkit import llava, vlm_eval
 from vlkit.benchmarks import scienceqa as sqa
+from vlkit.eval import scoring
+from vlkit.recipes import llava
+from vlkit.stages import load_stage
+from vlkit.world.scienceqa import ensure_scienceqa
 
 
 @torch.no_grad()
 def whole_conversation_scores(model, proc, problems: dict, root, batch_size: int) -> dict[str, list[float]]:
     """The baseline: each (problem, option) conversation run in full, similar lengths batched."""
-    pids, images = list(problems), vlm_eval._images(problems, root, blind=False)
+    pids, images = list(problems), scoring.problem_images(problems, root)
     items = [(k, j) for k, pid in enumerate(pids) for j in range(len(problems[pid]["choices"]))]
     convs = [[{"from": "human", "value": sqa.choice_prompt(problems[pids[k]])},
               {"from": "gpt", "value": sqa.choice_answer(problems[pids[k]], j)}] for k, j in items]
@@ -53,9 +56,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     cfg = llava.LlavaConfig.for_profile("full", progress=False)
-    model, proc = llava.load_stage2(cfg, llava.MAIN)
-    model.eval()
-    root = llava.scienceqa_dir(cfg)
+    model, proc = load_stage(cfg.stage2(llava.MAIN))
+    root = ensure_scienceqa(cfg.scienceqa)
     test = sqa.select(sqa.load_problems(root), split="test")
     n_options = sum(len(p["choices"]) for p in test.values())
     times: dict[str, list[float]] = {"whole conversations": [], "prompt once + KV cache": []}
@@ -65,7 +67,7 @@ def main() -> None:
             base = whole_conversation_scores(model, proc, test, root, args.batch)
             times["whole conversations"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            ours = vlm_eval.choice_scores(model, proc, test, root, batch_size=args.batch, progress=False)
+            ours = scoring.choice_scores(model, proc, test, root, batch_size=args.batch, progress=False)
             times["prompt once + KV cache"].append(time.perf_counter() - t)
     med = {k: statistics.median(v) for k, v in times.items()}
     for k, v in med.items():

@@ -35,8 +35,18 @@ def backbones(seed: int = 0, tie: bool = False):
     return vision, llm
 
 
-def model(seed: int = 0, **kwargs) -> VLModel:
+def model(seed: int = 0, llm_quantization: str | None = None, **kwargs) -> VLModel:
+    """The tiny VLM; ``llm_quantization="nf4"`` loads its LLM in 4-bit from a saved checkpoint, as
+    :func:`vlkit.build.build_model` does for QLoRA."""
     vision, llm = backbones(seed, tie=kwargs.pop("tie", False))
+    if llm_quantization:
+        import tempfile
+
+        from vlkit.backbones import build_llm
+        from vlkit.train.quantize import quantization_config
+        with tempfile.TemporaryDirectory() as d:
+            llm.save_pretrained(d)
+            llm = build_llm(d, quantization_config=quantization_config(llm_quantization))
     torch.manual_seed(seed + 1)
     return VLModel.from_backbones(vision, llm, tokenizer(), **kwargs)
 

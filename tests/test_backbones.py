@@ -181,13 +181,16 @@ def test_the_llm_reads_each_conversation_after_its_scene_as_text(cfg, tok):
         B.scene_as_text([{"from": "human", "value": "no image here"}], "a red circle")
 
 
-def test_a_new_corpus_format_is_a_new_backbone_and_connector_key(cfg, monkeypatch):
-    from vlkit import llava
+def test_a_new_corpus_format_is_a_new_backbone_and_connector_key(cfg):
+    import dataclasses
+
+    from vlkit.cache import config_key
+    from vlkit.recipes import llava
     lcfg = llava.LlavaConfig.for_profile("smoke")
-    key, stage1 = B.cache_key(cfg), llava.stage1_key(lcfg, "linear")
-    monkeypatch.setattr(B, "CORPUS_FORMAT", B.CORPUS_FORMAT + 1)
-    assert B.cache_key(cfg) != key
-    assert llava.stage1_key(lcfg, "linear") != stage1
+    newer = dataclasses.replace(lcfg.backbones, corpus_format=lcfg.backbones.corpus_format + 1)
+    assert config_key(newer) != config_key(lcfg.backbones)
+    assert dataclasses.replace(lcfg, backbones=newer).stage1().key != lcfg.stage1().key
+    assert B.BackboneConfig().corpus_format == B.CORPUS_FORMAT
 
 
 def test_ensure_backbones_builds_loadable_checkpoints(cfg, tmp_path, monkeypatch):

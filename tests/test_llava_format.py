@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from vlkit import data, world
+from vlkit import data, data_stats, world
 
 # Shapes found in real LLaVA files: multi-turn with the image token after the question,
 # integer-like ids, and text-only records (no "image" key, e.g. ShareGPT in LLaVA-1.5's mix).
@@ -89,7 +89,7 @@ def test_real_llava_shapes_round_trip(tmp_path):
     p.write_text(json.dumps(REAL))
     recs = data.load_llava_json(p)
     assert recs == REAL
-    s = data.dataset_stats(recs)
+    s = data_stats.dataset_stats(recs)
     assert s["records"] == 2 and s["with_image"] == 1 and s["without_image"] == 1 and s["turns"] == 6
     assert s["types"] == {"unknown": 2}
     assert list(data.iter_llava_json(p)) == REAL  # not one-per-line: falls back to the full parse
@@ -146,10 +146,10 @@ def test_profiles():
 
 
 def test_question_kinds():
-    assert data.question_kind("<image>\nHow many circles are there?") == "count"
-    assert data.question_kind("What colour is the square?") == "colour"
-    assert data.question_kind("Where is the dog?") == "position"
-    assert data.question_kind("Describe the image in detail.") == "description"
+    assert data_stats.question_kind("<image>\nHow many circles are there?") == "count"
+    assert data_stats.question_kind("What colour is the square?") == "colour"
+    assert data_stats.question_kind("Where is the dog?") == "position"
+    assert data_stats.question_kind("Describe the image in detail.") == "description"
 
 
 def test_plots_draw_from_stats(dataset):

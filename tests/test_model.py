@@ -216,19 +216,27 @@ def test_text_reading_connector_and_importance_compressor_plug_in(tmp_path):
     assert torch.equal(VLModel.from_pretrained(tmp_path).eval()(**b).logits, out.logits)
 
 
-def test_build_vlm_from_backbones_folder(tmp_path):
-    from vlkit.processor import build_vlm
+def test_build_model_from_checkpoint_paths_seeds_only_the_new_modules(tmp_path):
+    from vlkit.build import build_model
+    from vlkit.specs import ModelSpec
 
     vision, llm = T.backbones()
     T.tokenizer().save_pretrained(tmp_path / "tokenizer")
     vision.save_pretrained(tmp_path / "vision")
     T.image_processor().save_pretrained(tmp_path / "vision")
     llm.save_pretrained(tmp_path / "llm")
-    m, p = build_vlm(tmp_path, connector="mlp2x_gelu")
+    spec = ModelSpec(vision=str(tmp_path / "vision"), llm=str(tmp_path / "llm"), tokenizer=str(tmp_path / "tokenizer"),
+                     connector="mlp2x_gelu")
+    m, p = build_model(spec, seed=0)
     assert p.num_image_tokens == m.num_image_tokens == 4
     assert torch.isfinite(m(**p.collate([T.ColorDataset(2)[i] for i in range(2)])).loss)
-    with pytest.raises(FileNotFoundError, match="llm"):
-        build_vlm(tmp_path / "tokenizer")
+    again, _ = build_model(spec, seed=0)
+    other, _ = build_model(spec, seed=1)
+    assert torch.equal(again.connector.fc1.weight, m.connector.fc1.weight)
+    assert not torch.equal(other.connector.fc1.weight, m.connector.fc1.weight)
+    assert torch.equal(other.language_model.lm_head.weight, m.language_model.lm_head.weight)  # loaded, not seeded
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        build_model(spec.replace(llm=str(tmp_path / "tokenizer")))
 
 
 def test_chat_template_without_generation_blocks_is_rejected():

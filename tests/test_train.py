@@ -11,15 +11,26 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).parent))
 import _vltiny as T  # noqa: E402
 
-from vlkit.train import TrainConfig, TrainingDiverged, train  # noqa: E402
+from vlkit.specs import LoraSpec, ParamGroup, TrainSpec  # noqa: E402
+from vlkit.train import TrainingDiverged, train  # noqa: E402
+
+LR = {"connector": 1e-2, "llm": 1e-3, "vision": 1e-3, "lora": 1e-2, "insertions": 1e-2}
+RECIPES = {"connector": ("connector",), "connector+llm": ("connector", "llm"),
+           "full": ("connector", "llm", "vision"), "lora": ("connector", "lora"), "qlora": ("connector", "lora")}
 
 
-def _run(recipe, steps=4, **kw):
-    m = T.model()
+def spec(recipe="connector", steps=4, batch_size=4, **kw) -> TrainSpec:
+    """The TrainSpec of a named recipe, as the old closed recipes were: which kinds train."""
+    groups = tuple(ParamGroup(k, LR[k]) for k in RECIPES[recipe])
+    lora = LoraSpec(r=8, alpha=16) if "lora" in recipe else None
+    kw.setdefault("mixed_precision", "no")
+    return TrainSpec(groups=groups, steps=steps, batch_size=batch_size, lora=lora, progress=False, **kw)
+
+
+def _run(recipe, steps=4, output_dir=None, **kw):
+    m = T.model(llm_quantization="nf4") if recipe == "qlora" else T.model()
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    cfg = TrainConfig(recipe=recipe, max_steps=steps, batch_size=4, lr_connector=1e-2, lr_llm=1e-3,
-                      lr_vision=1e-3, lr_lora=1e-2, progress=False, **kw)
-    r = train(m, T.ColorDataset(16), cfg, processor=T.processor(m))
+    r = train(m, T.ColorDataset(16), spec(recipe, steps, **kw), processor=T.processor(m), output_dir=output_dir)
     return m, before, r
 
 
@@ -73,10 +84,9 @@ class _Stop(Exception):
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):
-    kw = dict(recipe="connector+llm", max_steps=5, batch_size=3, grad_accum=2, lr_llm=1e-3, save_every=2,
-              progress=False)
+    tspec = spec("connector+llm", steps=5, batch_size=3, grad_accum=2)
     ref = T.model()
-    train(ref, T.ColorDataset(10), TrainConfig(**kw, output_dir=str(tmp_path / "a")), processor=T.processor(ref))
+    train(ref, T.ColorDataset(10), tspec, output_dir=tmp_path / "a", save_every=2, processor=T.processor(ref))
 
     def interrupt(state):
         if state.step == 3:  # after the step-2 checkpoint, before step 4's
@@ -84,10 +94,10 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
 
     m = T.model()
     with pytest.raises(_Stop):
-        train(m, T.ColorDataset(10), TrainConfig(**kw, output_dir=str(tmp_path / "b")),
+        train(m, T.ColorDataset(10), tspec, output_dir=tmp_path / "b", save_every=2,
               processor=T.processor(m), callbacks=[interrupt])
     m = T.model()
-    r = train(m, T.ColorDataset(10), TrainConfig(**kw, output_dir=str(tmp_path / "b"), resume=True),
+    r = train(m, T.ColorDataset(10), tspec, output_dir=tmp_path / "b", save_every=2, resume=True,
               processor=T.processor(m))
     assert r.checkpoint.name == "step-000005"
     for (n, a), (_, b) in zip(ref.named_parameters(), m.named_parameters()):
@@ -104,9 +114,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     m = T.model()
     with pytest.raises(TrainingDiverged, match=r"step 3.*step-000002"):
-        train(m, T.ColorDataset(8), TrainConfig(recipe="connector", max_steps=6, batch_size=2, save_every=1,
-                                                output_dir=str(tmp_path), progress=False),
-              processor=T.processor(m), callbacks=[poison])
+        train(m, T.ColorDataset(8), spec("connector", steps=6, batch_size=2), save_every=1,
+              output_dir=tmp_path, processor=T.processor(m), callbacks=[poison])
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts[-1] == "step-000002"
     w = load_file(tmp_path / "checkpoints" / "step-000002" / "trainable.safetensors")
@@ -130,15 +139,58 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert (tmp_path / "checkpoints" / "step-000003" / "trainable.safetensors").is_file()
 
 
-def test_config_errors_and_profiles():
-    with pytest.raises(ValueError, match="unknown recipe 'everything'.*qlora"):
-        TrainConfig(recipe="everything")
-    with pytest.raises(ValueError, match="unknown profile"):
-        TrainConfig.for_profile("huge")
-    assert TrainConfig.for_profile("smoke").max_steps < TrainConfig.for_profile("full").max_steps
-    assert TrainConfig(max_steps=100, warmup_ratio=0.03).warmup_steps == 3
-    with pytest.raises(ValueError, match="mixed_precision"):
-        TrainConfig(mixed_precision="fp16")
+def test_spec_errors_name_the_value_and_what_is_known():
+    with pytest.raises(ValueError, match="unknown parameter group 'everything'.*connector.*lora"):
+        ParamGroup("everything", 1e-3)
+    with pytest.raises(ValueError, match="lr must be > 0"):
+        ParamGroup("llm", 0.0)
+    with pytest.raises(ValueError, match="at least one parameter group"):
+        TrainSpec(groups=(), steps=1, batch_size=1)
+    with pytest.raises(ValueError, match="mixed precision 'fp16'"):
+        spec(mixed_precision="fp16")
+    with pytest.raises(ValueError, match="'lora' parameter group and a LoraSpec"):
+        TrainSpec(groups=(ParamGroup("lora", 1e-3),), steps=1, batch_size=1)
+    with pytest.raises(ValueError, match="repeat"):
+        TrainSpec(groups=(ParamGroup("llm", 1e-3), ParamGroup("llm", 1e-4)), steps=1, batch_size=1)
+    assert TrainSpec(groups=(ParamGroup("llm", 1e-3),), steps=100, batch_size=1, warmup_ratio=0.03).warmup_steps == 3
+
+
+def test_a_group_that_selects_nothing_fails_before_training():
+    m = T.model()
+    with pytest.raises(ValueError, match=r"\['insertions'\] select no trainable parameter.*kinds are"):
+        train(m, T.ColorDataset(4), TrainSpec(groups=(ParamGroup("insertions", 1e-3),), steps=1, batch_size=2,
+                                              progress=False), processor=T.processor(m))
+    with pytest.raises(ValueError, match="selected by the groups"):
+        train(m, T.ColorDataset(4), TrainSpec(groups=(ParamGroup("connector", 1e-3),
+                                                      ParamGroup("proj", 1e-3, patterns=("connector.*",))),
+                                              steps=1, batch_size=2, progress=False), processor=T.processor(m))
+
+
+def test_pattern_groups_train_what_they_match_at_their_own_lr(tmp_path):
+    m = T.model()
+    before = {n: p.detach().clone() for n, p in m.named_parameters()}
+    groups = (ParamGroup("connector", 1e-2), ParamGroup("norms", 5e-3, patterns=("language_model.*norm*",)))
+    train(m, T.ColorDataset(8), TrainSpec(groups=groups, steps=2, batch_size=4, progress=False, log_every=1),
+          processor=T.processor(m), output_dir=tmp_path)
+    changed = {n for n, p in m.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all(n.startswith("connector.") or ("norm" in n and n.startswith("language_model."))
+                           for n in changed)
+    assert any("norm" in n for n in changed)
+    first = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["lr_norms"] < 5e-3 and "lr_connector" in first  # warm-up from the group's own lr
+
+
+def test_resume_refuses_another_spec_unless_told(tmp_path):
+    m = T.model()
+    train(m, T.ColorDataset(8), spec("connector", steps=2, batch_size=2), output_dir=tmp_path,
+          processor=T.processor(m))
+    m = T.model()
+    with pytest.raises(ValueError, match=r"another training spec.*seed \(saved 0, now 1\).*ignore_spec_change"):
+        train(m, T.ColorDataset(8), spec("connector", steps=4, batch_size=2, seed=1), output_dir=tmp_path,
+              resume=True, processor=T.processor(m))
+    r = train(m, T.ColorDataset(8), spec("connector", steps=4, batch_size=2, seed=1), output_dir=tmp_path,
+              resume=True, ignore_spec_change=True, processor=T.processor(m))
+    assert len(r.losses) == 2  # steps 3 and 4 only
 
 
 def test_bf16_mixed_precision_trains_fp32_weights_close_to_fp32():

@@ -7,12 +7,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _vltiny as T  # noqa: E402
 from accelerate import PartialState  # noqa: E402
 
-from vlkit.train import TrainConfig, train  # noqa: E402
+from vlkit.specs import ParamGroup, TrainSpec  # noqa: E402
+from vlkit.train import train  # noqa: E402
 
 out = Path(sys.argv[1])
 m = T.model()
-r = train(m, T.ColorDataset(16), TrainConfig(recipe="connector+llm", max_steps=3, batch_size=2, lr_llm=1e-3,
-                                              output_dir=str(out), progress=False), processor=T.processor(m))
+spec = TrainSpec(groups=(ParamGroup("connector", 1e-3), ParamGroup("llm", 1e-3)), steps=3, batch_size=2,
+                 mixed_precision="no", progress=False)
+r = train(m, T.ColorDataset(16), spec, output_dir=out, processor=T.processor(m))
 state = PartialState()
 w = m.connector.proj.weight.detach()
 (out / f"rank{state.process_index}.json").write_text(json.dumps(

@@ -8,10 +8,15 @@ text->image pairs, notebook 07) is a plain function registered here; the LLM cod
 
 Built in: ``"sdpa"`` and ``"eager"`` (transformers), and ``"vlkit_capture"``: eager attention
 that also records each layer's attention probabilities while :func:`capture_attention` is active.
+
+Every registered function can ask where the image tokens are: :class:`vlkit.model.VLModel` sets
+the current batch's image positions around each LLM call (:func:`image_positions`), and
+:func:`image_key_mask` returns them for the keys a layer attends over (cached prefix included).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from typing import Callable, Iterator
 
 import torch
@@ -20,6 +25,39 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 _captures: list[dict[int, torch.Tensor]] = []  # stack: nested capture_attention contexts
+_image_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("vlkit_image_mask", default=None)
+
+
+@contextlib.contextmanager
+def image_positions(mask: torch.Tensor | None) -> Iterator[None]:
+    """Make ``mask`` ([B, K] bool: key positions holding visual tokens) the current image positions.
+
+    Set by :class:`vlkit.model.VLModel` around every LLM forward and generation (notebook 07).
+    """
+    token = _image_mask.set(None if mask is None else mask.bool())
+    try:
+        yield
+    finally:
+        _image_mask.reset(token)
+
+
+def image_key_mask(batch: int, key_len: int) -> torch.Tensor:
+    """[B, key_len] bool: which keys of the current attention call are image tokens (notebook 07).
+
+    Positions after the recorded ones are text (tokens generated after the prompt). Raises a clear
+    error outside a VLModel call, or when the batch does not match (e.g. a cache copied to more rows
+    without its mask), instead of letting an attention function guess.
+    """
+    mask = _image_mask.get()
+    if mask is None:
+        raise RuntimeError("no image positions are set: this attention function must run inside a VLModel "
+                           "forward or generate call (vlkit.attention.image_positions)")
+    if mask.shape[0] != batch:
+        raise RuntimeError(f"image positions are recorded for {mask.shape[0]} rows but attention runs on {batch}")
+    if mask.shape[1] > key_len:
+        raise RuntimeError(f"image positions cover {mask.shape[1]} keys but attention sees only {key_len}")
+    pad = torch.zeros(batch, key_len - mask.shape[1], dtype=torch.bool, device=mask.device)
+    return torch.cat([mask, pad], 1)
 
 
 def register_attention(name: str, fn: Callable, mask: Callable = eager_mask) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,18 +23,68 @@ def config_key(config: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:12]
 
 
-def cached(root: str | Path, name: str, config: Any, build: Callable[[Path], None]) -> Path:
+def key_dict(obj: Any) -> Any:
+    """What a spec's result depends on, as JSON-able data (notebooks 03-08).
+
+    ``dataclasses.asdict``, recursively, except that fields declared with
+    :func:`vlkit.specs.runtime` (``metadata={"key": False}``) are left out and fields declared with
+    :func:`vlkit.specs.checkpoint` are replaced by their files' content fingerprint
+    (:func:`vlkit.fingerprint.fingerprint`), so a retrained checkpoint at the same path changes the
+    key and a moved one does not. Never a hand-listed set of fields.
+    """
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out = {}
+        for f in dataclasses.fields(obj):
+            if not f.metadata.get("key", True):
+                continue
+            value = getattr(obj, f.name)
+            if f.metadata.get("checkpoint") and value is not None:
+                from vlkit.fingerprint import fingerprint
+                out[f.name] = {"checkpoint": fingerprint(value)}
+            else:
+                out[f.name] = key_dict(value)
+        return out
+    if isinstance(obj, dict):
+        return {str(k): key_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [key_dict(v) for v in obj]
+    return obj
+
+
+def spec_key(*specs: Any) -> str:
+    """The cache key of whatever ``specs`` produce together (a hash of :func:`key_dict`)."""
+    return config_key([key_dict(s) for s in specs])
+
+
+# How many times each artifact kind was really built in this process (tests check that a cached
+# artifact is reused, and that a changed input rebuilds it).
+BUILDS: Counter = Counter()
+
+
+def cache_path(root: str | Path, name: str, config: Any, key: str | None = None) -> Path:
+    """Where :func:`cached` keeps the artifact ``name`` of ``config`` (built or not)."""
+    return Path(root) / f"{name}-{key or config_key(config)}"
+
+
+def is_cached(path: Path) -> bool:
+    """Whether :func:`cached` has finished building ``path``."""
+    return (Path(path) / "config.json").is_file()
+
+
+def cached(root: str | Path, name: str, config: Any, build: Callable[[Path], None],
+           key: str | None = None) -> Path:
     """Return ``root/<name>-<key>``; build it with ``build(tmp_dir)`` first if it is missing.
 
-    ``build`` writes into a temporary folder that is renamed into place only when it
-    returns, so an interrupted build leaves no half-made artifact behind. The config is
-    saved beside the result as ``config.json``.
+    ``key`` defaults to :func:`config_key` of ``config``; specs pass :func:`spec_key`. ``build``
+    writes into a temporary folder that is renamed into place only when it returns, so an
+    interrupted build leaves no half-made artifact behind. The config is saved beside the result
+    as ``config.json``.
     """
-    path = Path(root) / f"{name}-{config_key(config)}"
-    if (path / "config.json").is_file():
+    path = cache_path(root, name, config, key)
+    if is_cached(path):
         return path
     with atomic.atomic_dir(path) as tmp:
+        BUILDS[name] += 1
         build(tmp)
-        cfg = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
-        atomic.write_json(tmp / "config.json", cfg)
+        atomic.write_json(tmp / "config.json", key_dict(config))
     return path

@@ -5,6 +5,10 @@ and the LLM: ``forward(tokens [B, N, D], importance [B, N] | None) -> [B, M, D]`
 ``num_tokens(N) -> M`` (a fixed M, so the processor can expand ``<image>`` to M slots).
 A compressor that wants per-token importance sets ``needs_importance = True``; the model then
 passes the vision tower's [cls]->patch attention at the feature layer (VMTC's signal).
+
+A method that acts elsewhere (ToMe inside the vision tower, FastV inside the LLM) does its model
+surgery in ``attach(model)`` and undoes it in ``detach(model)``, which
+:meth:`vlkit.model.VLModel.set_token_reduction` calls when the method is switched on and off.
 """
 from __future__ import annotations
 
@@ -40,6 +44,12 @@ class Compressor(nn.Module):
 
     def num_tokens(self, n: int) -> int:
         raise NotImplementedError
+
+    def attach(self, model) -> None:
+        """Patch ``model`` where this method acts outside the connector (nothing by default)."""
+
+    def detach(self, model) -> None:
+        """Undo :meth:`attach`."""
 
     def forward(self, tokens: torch.Tensor, importance: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError

@@ -61,7 +61,7 @@ class LlavaDataset(Dataset):
     @property
     def lengths(self) -> list[int]:
         """Words per record, all turns together: the length that
-        ``TrainConfig(group_by_length=...)`` buckets batches by (no tokenizer needed)."""
+        ``TrainSpec(length_bucket=...)`` buckets batches by (no tokenizer needed)."""
         if self._lengths is None:
             self._lengths = [sum(len(t["value"].split()) for t in r["conversations"]) for r in self.records]
         return self._lengths
@@ -85,13 +85,3 @@ class LlavaDataset(Dataset):
             if self.cache_images:
                 self._cache[i] = image
         return {"id": r.get("id", str(i)), "conversations": r["conversations"], "image": image}
-
-
-def stage_datasets(data_dir: str | Path, limit: int | None = None) -> dict[str, LlavaDataset]:
-    """LLaVA's two stages from a workbook data folder (notebook 03).
-
-    ``{"captions": stage 1 (captions.json), "instruct": stage 2 (llava_instruct.json)}``.
-    """
-    data_dir = Path(data_dir)
-    return {"captions": LlavaDataset(data_dir / "captions.json", limit=limit),
-            "instruct": LlavaDataset(data_dir / "llava_instruct.json", limit=limit)}

@@ -3,8 +3,10 @@
 The design follows LLaVA as transformers implements it (``LlavaForConditionalGeneration``): the
 processor expands every ``<image>`` in the text into ``num_image_tokens`` placeholder ids, the
 model embeds the text, computes the visual tokens and scatters them into those positions. What
-differs is that the connector and the compressor come from registries and the vision tower and
-LLM are *any* Hugging Face models, so each later notebook swaps one part by name.
+differs is that the connector, the compressor, the modules inserted into the towers' blocks and
+the LLM's attention function come from registries and the vision tower and LLM are *any* Hugging
+Face models, so each later notebook swaps one part by name. :class:`VLConfig` holds the whole
+structure, so ``save_pretrained`` / ``from_pretrained`` round-trip every variant.
 """
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
                           GenerationMixin, PretrainedConfig, PreTrainedModel)
 from transformers.configuration_utils import SubConfigSpec
 
-import vlkit.attention  # noqa: F401  (registers vlkit_capture, so saved models using it reload)
+from vlkit import attention  # registers vlkit_capture, so saved models using it reload
 from vlkit.compression import build_compressor
 from vlkit.connectors import build_connector
+from vlkit.insertions import apply_insertions
 from vlkit.tokenizer import IMAGE_TOKEN
 
 
@@ -27,10 +30,12 @@ class VLConfig(PretrainedConfig):
 
     ``vision_config`` / ``text_config``: the towers' own configs (any HF vision model, any causal
     LM). ``connector`` / ``compressor``: registry names, with ``*_kwargs`` for their options.
-    ``vision_feature_layer``: encoder layer the patch features come from (-2 = penultimate, as
-    LLaVA). ``keep_cls``: keep the [cls] token (LLaVA drops it). ``image_token_id``: the
-    tokenizer's ``<image>`` id. ``llm_attn_implementation``: attention function of the LLM
-    (``sdpa``, ``eager`` or one registered in :mod:`vlkit.attention`); saved with the model.
+    ``insertions``: modules inserted into the towers' blocks (:mod:`vlkit.insertions`), as
+    dicts of :class:`vlkit.specs.InsertionSpec`. ``vision_feature_layer``: encoder layer the patch
+    features come from (-2 = penultimate, as LLaVA). ``keep_cls``: keep the [cls] token (LLaVA
+    drops it). ``image_token_id``: the tokenizer's ``<image>`` id. ``llm_attn_implementation``:
+    attention function of the LLM (``sdpa``, ``eager`` or one registered in
+    :mod:`vlkit.attention`), with ``attention_kwargs`` for its options; saved with the model.
     """
 
     model_type = "vlkit"
@@ -45,16 +50,20 @@ class VLConfig(PretrainedConfig):
     connector_kwargs: dict | None = None
     compressor: str = "identity"
     compressor_kwargs: dict | None = None
+    insertions: list | None = None
     vision_feature_layer: int = -2
     keep_cls: bool = False
     image_token_id: int | None = None
     llm_attn_implementation: str | None = None
+    attention_kwargs: dict | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.connector_kwargs = dict(self.connector_kwargs or {})
         self.compressor_kwargs = dict(self.compressor_kwargs or {})
+        self.attention_kwargs = dict(self.attention_kwargs or {})
+        self.insertions = [dict(s) for s in self.insertions or []]
 
 
 def _vision_has_cls(tower: nn.Module) -> bool:
@@ -97,14 +106,41 @@ class VLModel(PreTrainedModel, GenerationMixin):
             **config.connector_kwargs)
         self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
         self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
+        self.inserted = nn.ModuleDict()
         # Models built by their constructor may leave the implementation unset (None), and then
         # transformers falls back to eager attention WITHOUT a causal mask: always pin it.
         self.language_model.set_attn_implementation(
             config.llm_attn_implementation or self.language_model.config._attn_implementation or "sdpa")
+        self.language_model.config.vlkit_attention_kwargs = dict(config.attention_kwargs)
+        self._vision_attention = self.vision_tower.config._attn_implementation or "sdpa"
+        self._pin_vision_attention()
+        self.post_init()
+        # after post_init, so that inserting modules changes no other module's initialisation
+        apply_insertions(self, config.insertions)
+        self.compressor.attach(self)
+
+    def _pin_vision_attention(self) -> None:
         # [cls]->patch importance needs attention probabilities, which only eager attention returns
         self.vision_tower.set_attn_implementation(
-            "eager" if self.compressor.needs_importance else self.vision_tower.config._attn_implementation or "sdpa")
-        self.post_init()
+            "eager" if self.compressor.needs_importance else self._vision_attention)
+
+    def set_token_reduction(self, name: str, **options) -> None:
+        """Switch the visual-token compressor of a (trained) model to ``name`` (notebook 06).
+
+        The number of visual tokens follows (``num_image_tokens``; a processor made with
+        :meth:`VLProcessor.for_model` reads it from the model), and a batch expanded for another count
+        is an error in :meth:`embed`. The tower's attention is re-pinned to eager when the method needs
+        [cls] attention, and back to what it was otherwise. ``"identity"`` switches reduction off.
+        """
+        new = build_compressor(name, self.config.text_config.hidden_size, **options)
+        n = new.num_tokens(self.connector.num_tokens(self.num_patches))
+        new.to(self.device)
+        self.compressor.detach(self)
+        self.compressor = new
+        self.config.compressor, self.config.compressor_kwargs = name, dict(options)
+        self.num_image_tokens = n
+        self._pin_vision_attention()
+        new.attach(self)
 
     # --- building -----------------------------------------------------------------------
     @classmethod
@@ -112,12 +148,14 @@ class VLModel(PreTrainedModel, GenerationMixin):
                        connector_kwargs: dict | None = None, compressor: str = "identity",
                        compressor_kwargs: dict | None = None, vision_feature_layer: int = -2,
                        keep_cls: bool = False, llm_attn_implementation: str | None = None,
-                       llm_quantization_config=None) -> "VLModel":
+                       llm_quantization_config=None, insertions: list | None = None,
+                       attention_kwargs: dict | None = None) -> "VLModel":
         """Assemble a VLModel from a vision tower and an LLM (notebook 03).
 
         ``vision`` / ``llm``: model objects, or names/paths loaded with ``from_pretrained``
         (a full ``CLIPModel``/``SiglipModel`` contributes its vision half). ``tokenizer`` must
-        have a single ``<image>`` token that the LLM's vocabulary covers.
+        have a single ``<image>`` token that the LLM's vocabulary covers. Usually called through
+        :func:`vlkit.build.build_model` with a :class:`vlkit.specs.ModelSpec`.
         """
         vision = _load_vision(vision)
         if isinstance(llm, (str, bytes)) or hasattr(llm, "__fspath__"):
@@ -133,8 +171,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
         config = VLConfig(vision_config=vision.config, text_config=llm.config, connector=connector,
                           connector_kwargs=connector_kwargs, compressor=compressor,
                           compressor_kwargs=compressor_kwargs, vision_feature_layer=vision_feature_layer,
-                          keep_cls=keep_cls, image_token_id=image_id,
-                          llm_attn_implementation=llm_attn_implementation)
+                          keep_cls=keep_cls, image_token_id=image_id, insertions=insertions,
+                          llm_attn_implementation=llm_attn_implementation, attention_kwargs=attention_kwargs)
         model = cls(config, vision_tower=vision, language_model=llm)
         gen = model.generation_config
         gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
@@ -174,8 +212,13 @@ class VLModel(PreTrainedModel, GenerationMixin):
         return next(self.vision_tower.parameters()).dtype
 
     def embed(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
-              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03)."""
+              attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None) -> torch.Tensor:
+        """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03).
+
+        A connector that reads the text (``uses_text``) sees the prompt only: padding, the image
+        slots and every labelled (assistant) token are masked out, so that the visual tokens never
+        depend on the answer they are trained to produce.
+        """
         embeds = self.get_input_embeddings()(input_ids)
         slots = input_ids == self.config.image_token_id
         n_slots, n_images = int(slots.sum()), 0 if pixel_values is None else pixel_values.shape[0]
@@ -193,6 +236,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
                                  f"per example; got {n_images} images for {input_ids.shape[0]} examples")
             text_embeds = embeds
             text_mask = ~slots if attention_mask is None else attention_mask.bool() & ~slots
+            if labels is not None:
+                text_mask = text_mask & (labels == -100)
         visual = self.encode_images(pixel_values, text_embeds, text_mask)
         return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
 
@@ -200,11 +245,32 @@ class VLModel(PreTrainedModel, GenerationMixin):
                 attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, **kwargs):
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask)
+            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask, labels)
             if labels is not None:  # never predict the image placeholders
                 labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
-        return self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                   labels=labels, **kwargs)
+        image_mask = self.image_token_mask(input_ids, inputs_embeds, kwargs.get("cache"))
+        with attention.image_positions(image_mask):
+            out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                      labels=labels, **kwargs)
+        if getattr(out, "cache", None) is not None:  # a continuation on this cache knows where the images were
+            out.cache.vlkit_image_mask = image_mask
+        return out
+
+    def image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor,
+                         cache=None) -> torch.Tensor:
+        """Which key positions of this call hold visual tokens, cached positions included (notebook 07).
+
+        Registered attention functions read it through :func:`vlkit.attention.image_key_mask`. The
+        mask of a prefix that ran before (with ``use_cache``) is kept on its cache object
+        (``cache.vlkit_image_mask``; reindex it with the cache), so a continuation knows where the
+        prefix's image tokens were; a cache without one held text only.
+        """
+        new = (input_ids == self.config.image_token_id if input_ids is not None
+               else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))
+        past = getattr(cache, "vlkit_image_mask", None) if cache is not None else None
+        if cache is not None and past is None and cache.get_seq_length() > 0:
+            past = torch.zeros(new.shape[0], cache.get_seq_length(), dtype=torch.bool, device=new.device)
+        return new if past is None else torch.cat([past.to(new.device), new], 1)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
@@ -212,22 +278,29 @@ class VLModel(PreTrainedModel, GenerationMixin):
         """Generate a continuation of left-padded prompts; returns only the NEW tokens (notebook 03)."""
         embeds = self.embed(input_ids, pixel_values, attention_mask)
         self.language_model.generation_config = self.generation_config  # pad/eos saved with the VLModel
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        # generated tokens are text: the prompt's image positions cover every decoding step
+        with attention.image_positions(input_ids == self.config.image_token_id):
+            return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
 
     @classmethod
     def from_pretrained(cls, path, *args, **kwargs) -> "VLModel":
-        """Load a saved VLModel; a checkpoint whose tensor shapes contradict its config is an error."""
+        """Load a saved VLModel; tensors the config does not expect, lacks, or shapes otherwise are an error.
+
+        transformers only warns about unexpected and missing tensors: a model saved with inserted
+        modules would reload without them, or with them randomly initialised, and no error.
+        """
         want_info = kwargs.pop("output_loading_info", False)
         strict = not kwargs.get("ignore_mismatched_sizes", False)
         kwargs["ignore_mismatched_sizes"] = True  # collect mismatches, then name them in one clear error
         model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
         bad = info.get("mismatched_keys") or []
-        missing = [k for k in info.get("missing_keys") or [] if "lora_" not in k]
-        if strict and (bad or missing):
+        missing = sorted(k for k in info.get("missing_keys") or [] if "lora_" not in k)
+        unexpected = sorted(info.get("unexpected_keys") or [])
+        if strict and (bad or missing or unexpected):
             what = "; ".join([f"{k}: checkpoint {tuple(a)} vs config {tuple(b)}" for k, a, b in list(bad)[:5]]
-                             + [f"missing {k}" for k in missing[:5]])
+                             + [f"missing {k}" for k in missing[:5]] + [f"unexpected {k}" for k in unexpected[:5]])
             raise ValueError(f"checkpoint {path} does not match its config ({len(bad)} shape mismatches, "
-                             f"{len(missing)} missing tensors): {what}")
+                             f"{len(missing)} missing and {len(unexpected)} unexpected tensors): {what}")
         return (model, info) if want_info else model
 
 

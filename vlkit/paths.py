@@ -20,10 +20,14 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+def artifacts_root() -> Path:
+    """``artifacts/`` (``$VLKIT_ARTIFACTS`` overrides): everything built, per profile (gitignored)."""
+    return Path(os.environ.get("VLKIT_ARTIFACTS", repo_root() / "artifacts"))
+
+
 def artifacts_dir(profile: str) -> Path:
     """``artifacts/<profile>/``: every file passed between notebooks (gitignored)."""
-    root = Path(os.environ.get("VLKIT_ARTIFACTS", repo_root() / "artifacts"))
-    path = root / profile
+    path = artifacts_root() / profile
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -8,6 +8,7 @@ slots the model fills with visual tokens.
 from __future__ import annotations
 
 import json
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -26,13 +27,23 @@ class VLProcessor:
 
     def __init__(self, image_processor, tokenizer, num_image_tokens: int, max_length: int | None = None):
         self.image_processor, self.tokenizer = image_processor, tokenizer
-        self.num_image_tokens, self.max_length = int(num_image_tokens), max_length
+        self._num_image_tokens, self.max_length = int(num_image_tokens), max_length
+        self._model = None
         self.image_token_id = _image_token_id(tokenizer)
 
     @classmethod
     def for_model(cls, model, image_processor, tokenizer, max_length: int | None = None) -> "VLProcessor":
-        """A processor matching ``model.num_image_tokens`` (notebook 03)."""
-        return cls(image_processor, tokenizer, model.num_image_tokens, max_length)
+        """A processor that follows ``model.num_image_tokens``, also after the model's token reduction
+        is switched (:meth:`vlkit.model.VLModel.set_token_reduction`) (notebook 03)."""
+        proc = cls(image_processor, tokenizer, model.num_image_tokens, max_length)
+        proc._model = weakref.ref(model)
+        return proc
+
+    @property
+    def num_image_tokens(self) -> int:
+        """Slots each ``<image>`` expands into: the linked model's current count, else the saved one."""
+        model = self._model() if self._model is not None else None
+        return int(model.num_image_tokens) if model is not None else self._num_image_tokens
 
     # --- one example -------------------------------------------------------------------------
     def encode(self, conversation: list[dict], n_images: int, add_generation_prompt: bool = False,
@@ -138,22 +149,3 @@ class VLProcessor:
         meta = json.loads(meta_file.read_text())
         return cls(AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                    meta["num_image_tokens"], meta.get("max_length"))
-
-
-def build_vlm(backbones_dir: str | Path, max_length: int | None = None, **model_kwargs):
-    """(VLModel, VLProcessor) from a backbones folder of notebook 02 (notebook 03).
-
-    The folder holds ``tokenizer/``, ``vision/`` (vision tower + image processor) and ``llm/``,
-    as ``vlkit.backbones.ensure_backbones`` writes it; a user's folder with real checkpoints in
-    the same layout works too. ``model_kwargs`` go to :meth:`VLModel.from_backbones`
-    (connector, compressor, vision_feature_layer, ...).
-    """
-    from vlkit.model import VLModel
-
-    root = Path(backbones_dir)
-    for sub in ("tokenizer", "vision", "llm"):
-        if not (root / sub).is_dir():
-            raise FileNotFoundError(f"{root / sub} not found: expected tokenizer/, vision/, llm/ under {root}")
-    tok = AutoTokenizer.from_pretrained(root / "tokenizer")
-    model = VLModel.from_backbones(root / "vision", root / "llm", tok, **model_kwargs)
-    return model, VLProcessor.for_model(model, AutoImageProcessor.from_pretrained(root / "vision"), tok, max_length)

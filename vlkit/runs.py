@@ -185,9 +185,30 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], run_dir: P
     return status, time.perf_counter() - start
 
 
+def dry_run(profile: str = "full", only: list[str] | None = None, params: dict[str, Any] | None = None,
+            notebooks_dir: Path | None = None) -> list[str]:
+    """What each selected notebook would build, train and evaluate, and what of it is cached.
+
+    Parameters are checked as for a real run; nothing is built and no run folder is made.
+    """
+    import ast
+
+    from vlkit import plans
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    notebooks = discover(Path(notebooks_dir or paths.repo_root() / "notebooks").resolve(), only)
+    per_notebook = check_parameters(notebooks, {**(params or {}), "profile": profile})
+    lines = []
+    for nb in notebooks:
+        defaults = {k: ast.literal_eval(v) for k, v in declared_parameters(nb).items()}
+        lines.append(f"{nb.name}:")
+        lines += plans.describe(nb.name, {**defaults, **per_notebook[nb]})
+    return lines
+
+
 def run_pipeline(profile: str = "full", only: list[str] | None = None,
                  params: dict[str, Any] | None = None, notebooks_dir: Path | None = None,
-                 runs_dir: Path | None = None, timeout: float = 1800) -> tuple[Path, dict]:
+                 runs_dir: Path | None = None, timeout: float = 7200) -> tuple[Path, dict]:
     """Execute the notebooks in order; return (run folder, run record).
 
     Parameters are checked against every selected notebook before anything runs. The

@@ -16,7 +16,6 @@ build (:func:`ensure_backbones`), and re-exports what the notebooks call
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from vlkit.backbones.llm import (CORPUS_FORMAT, corpus_ids, corpus_texts, pack, 
                                  text_corpus, train_llm)
 from vlkit.backbones.probes import attribute_probe, context_lookup, retrieval
 
-__all__ = ["PROFILES", "BackboneConfig", "build_backbones", "cache_key", "ensure_backbones", "load_metrics",
+__all__ = ["PROFILES", "BackboneConfig", "build_backbones", "ensure_backbones", "load_metrics",
            "CORPUS_FORMAT", "build_llm", "build_vision_tower", "image_processor", "text_corpus", "scene_as_text",
            "corpus_ids", "pack", "perplexity", "attribute_probe", "retrieval", "context_lookup"]
 
@@ -91,6 +90,9 @@ class BackboneConfig:
     probe_test: int = 1000           # held-out scenes it is scored on
     retrieval_candidates: int = 100
     log_every: int = 10
+    # the version of what text_corpus writes: the config's other fields do not see a change of the
+    # corpus, so it is a field of its own, and with it part of every downstream stage's key
+    corpus_format: int = CORPUS_FORMAT
 
     def __post_init__(self):
         if self.profile not in PROFILES:
@@ -177,15 +179,6 @@ def build_backbones(cfg: BackboneConfig, out: Path, progress: bool = True) -> di
     return metrics
 
 
-def cache_key(cfg: BackboneConfig) -> dict:
-    """What the backbones built for ``cfg`` depend on: the config and the corpus format.
-
-    Their cache key, and part of every key downstream (notebook 03's stages), so that a new
-    corpus retrains the connectors too, not only the backbones.
-    """
-    return {**dataclasses.asdict(cfg), "corpus_format": CORPUS_FORMAT}
-
-
 def ensure_backbones(cfg: BackboneConfig, progress: bool = True) -> Path:
     """The folder of pretrained backbones for ``cfg``, built on first use (notebook 02).
 
@@ -194,7 +187,7 @@ def ensure_backbones(cfg: BackboneConfig, progress: bool = True) -> Path:
     """
     from vlkit.cache import cached
     from vlkit.paths import artifacts_dir
-    return cached(artifacts_dir(cfg.profile), "backbones", cache_key(cfg),
+    return cached(artifacts_dir(cfg.profile), "backbones", cfg,
                   lambda tmp: build_backbones(cfg, tmp, progress=progress))
 
 

@@ -37,7 +37,7 @@ OPTIONAL = ("task", "topic", "category", "skill", "lecture", "solution")
 # The subset the notebook reports against the bag-of-attributes baseline.
 BINDING_CATEGORY = "Attribute binding"
 LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
-# For answers given as the option's text (scored by likelihood, see vlkit.vlm_eval.rank_choices).
+# For answers given as the option's text (scored by likelihood, see vlkit.eval.scoring.rank_choices).
 CHOICE_INSTRUCTION = "Answer with the text of the correct option."
 # Version of choice_prompt / choice_answer: cached models trained on them name it in their keys.
 CHOICE_FORMAT = 3
@@ -362,11 +362,16 @@ def load_predictions(path: str | Path, problems: dict[str, dict]) -> dict[str, i
     return preds
 
 
+def answers_jsonl(answers: dict[str, str], problems: dict[str, dict]) -> str:
+    """Model answers as LLaVA's answers JSONL text (``question_id``, ``prompt``, ``text``), the file
+    ``model_vqa_science`` writes and :func:`load_predictions` reads (notebook 03)."""
+    return "".join(json.dumps({"question_id": pid, "prompt": build_prompt(problems[pid]), "text": text},
+                              ensure_ascii=False) + "\n" for pid, text in answers.items())
+
+
 def write_answers_jsonl(path: str | Path, answers: dict[str, str], problems: dict[str, dict]) -> None:
-    """Write model answers as LLaVA's answers JSONL (``question_id``, ``prompt``, ``text``)."""
-    lines = [json.dumps({"question_id": pid, "prompt": build_prompt(problems[pid]), "text": text})
-             for pid, text in answers.items()]
-    atomic.write_text(path, "\n".join(lines) + "\n")
+    """Write model answers as LLaVA's answers JSONL (:func:`answers_jsonl`), atomically."""
+    atomic.write_text(path, answers_jsonl(answers, problems))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,7 +80,8 @@ def cmd_from_context(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from vlkit.data import dataset_stats, load_llava_json
+    from vlkit.data import load_llava_json
+    from vlkit.data_stats import dataset_stats
 
     records = load_llava_json(args.file)
     stats = dataset_stats(records)

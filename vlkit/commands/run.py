@@ -11,14 +11,20 @@ def register(sub) -> None:
     p.add_argument("--only", nargs="+", metavar="NN", help="notebook numbers to run, e.g. 01 03")
     p.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
                    metavar=("NAME", "VALUE"), help="notebook parameter (repeatable)")
-    p.add_argument("--timeout", type=float, default=1800, help="seconds allowed per notebook")
+    # a hang guard, not a budget: notebook 03 takes ~45 min on a 2-core CPU without native bf16
+    p.add_argument("--timeout", type=float, default=7200, help="seconds allowed per notebook")
     p.add_argument("--notebooks", default=None, help="folder of NN_*.ipynb (default notebooks/)")
     p.add_argument("--runs-dir", default=None, help="where run folders go (default papermill_runs/)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list what each notebook would build, train and evaluate, and what is cached; run nothing")
     p.set_defaults(func=main)
 
 
 def main(args) -> int:
     params = {name: runs.parse_value(value) for name, value in args.parameter}
+    if args.dry_run:
+        print("\n".join(runs.dry_run(args.profile, args.only, params, args.notebooks)))
+        return 0
     run_dir, record = runs.run_pipeline(args.profile, args.only, params, args.notebooks,
                                         args.runs_dir, args.timeout)
     print(f"run {record['status']}: {run_dir} ({record['seconds']:.0f} s)")

@@ -18,7 +18,7 @@ def _smooth(y: list[float], k: int) -> np.ndarray:
 def loss_curves(histories: dict[str, dict[str, list[float]]], smooth: int = 5):
     """Two panels, stage 1 and stage 2: training loss per optimizer step, one line per variant (notebook 03).
 
-    ``histories``: variant name -> ``{"stage1": [...], "stage2": [...]}`` (as :func:`vlkit.llava.losses`).
+    ``histories``: variant name -> ``{"stage1": [...], "stage2": [...]}`` (as :func:`vlkit.recipes.llava.loss_histories`).
     Variants sharing a stage-1 run show it once. Curves are smoothed with a ``smooth``-step mean.
     """
     if not histories:
@@ -67,7 +67,7 @@ def qualitative_grid(examples: list[dict], ncols: int = 4):
     """Image, question with choices, model answer (green right / red wrong) and reference (notebook 03).
 
     ``examples``: dicts with ``image`` (PIL), ``question``, ``choices``, ``answer``, ``reference``,
-    ``correct`` (as :func:`vlkit.vlm_eval.qualitative_examples`).
+    ``correct`` (as :func:`vlkit.eval.scienceqa.qualitative_examples`).
     """
     if not examples:
         raise ValueError("qualitative_grid: no examples")

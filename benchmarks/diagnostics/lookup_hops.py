@@ -8,13 +8,13 @@ filler tokens (the "?" and assistant tag of a chat prompt) and the answer: the o
 With no filler the answer is predicted from the shape token itself, whose own embedding is the
 lookup's query; with one or two, the model must first copy the shape forward, then look up.
 
-    .venv/bin/python benchmarks/lookup_hops.py --hops 0    # held-out accuracy every 250 steps
-    .venv/bin/python benchmarks/lookup_hops.py --hops 2
+    .venv/bin/python benchmarks/diagnostics/lookup_hops.py --hops 0    # held-out accuracy every 250 steps
+    .venv/bin/python benchmarks/diagnostics/lookup_hops.py --hops 2
 
 Measured (16 examples per step, lr 1e-3, 3 objects, 500 held-out sequences; bag of attributes ~35%):
 0 hops 100% after 250 steps; 1 hop 44.4 / 54.0% after 250 / 500; 2 hops 41.4 / 47.2 / 50.2% after
 250 / 500 / 750 (~100 s per 250 steps on one core).
-README: "The subject next to the answer".
+docs/findings_03.md: "The subject next to the answer".
 """
 from __future__ import annotations
 

@@ -1,0 +1,63 @@
+"""What a forward pass costs: prefill FLOPs and latency, measured on the model itself (notebooks 03-08).
+
+FLOPs are counted by PyTorch's ``FlopCounterMode`` (every matmul, attention included) over one
+prefill of a typical prompt, so they follow whatever the model really computes (a compressor's
+fewer visual tokens, an adapter's extra projections). Latency is the median of repeated prefills
+of one batch; it is only comparable with a reference measured in the same process, on the same
+shared machine, so :func:`prefill_latency` takes the reference with it.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Callable
+
+import torch
+
+
+@torch.no_grad()
+def prefill_flops(model, batch: dict) -> int:
+    """FLOPs of one forward over ``batch`` (the prompt, no generation), counted by PyTorch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    model.eval()
+    with FlopCounterMode(display=False) as counter:
+        model(**batch)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def _median_ms(model, batch: dict, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        model(**batch)
+        times.append(1000 * (time.perf_counter() - t))
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def prefill_latency(model, batch: dict, reference: Callable[[], object] | None = None, reference_name: str | None = None,
+                    repeats: int = 7, warmup: int = 2) -> dict:
+    """Median prefill milliseconds of ``model`` on ``batch``, and of ``reference()`` interleaved with it.
+
+    ``reference``: a call measured in turn with each of ours (e.g. the uncompressed model on its
+    own batch), so that a slow phase of a shared VM hits both; the ratio is what carries to another
+    machine. Without one, ``reference_ms`` is None: the number is this model's alone.
+    """
+    model.eval()
+    for _ in range(warmup):
+        model(**batch)
+        if reference is not None:
+            reference()
+    ours, ref = [], []
+    for _ in range(repeats):
+        ours.append(_median_ms(model, batch, 1))
+        if reference is not None:
+            t = time.perf_counter()
+            reference()
+            ref.append(1000 * (time.perf_counter() - t))
+    out = {"prefill_ms": statistics.median(ours), "batch": int(batch["input_ids"].shape[0]),
+           "tokens": int(batch["input_ids"].shape[1]), "repeats": repeats, "reference": reference_name,
+           "reference_ms": statistics.median(ref) if ref else None}
+    out["ratio"] = out["prefill_ms"] / out["reference_ms"] if ref else None
+    return out

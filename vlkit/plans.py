@@ -1,0 +1,57 @@
+"""What each notebook would build, train and evaluate, and what of it is cached (``vlkit run --dry-run``).
+
+Each notebook's plan is computed from the same parameters the runner would pass it, through the
+same functions the notebook calls, so the cache paths listed are the ones the notebook uses; a test
+runs the smoke pipeline and then checks that its dry run finds everything cached.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from vlkit import cache, paths
+
+
+def _artifact(kind: str, path) -> str:
+    state = "cached" if cache.is_cached(path) else "to build"
+    return f"  build {kind:<40} {state}  ({path.name})"
+
+
+def _data(p: dict):
+    from vlkit.data import DataConfig
+    return DataConfig.for_profile(p["profile"], n_images=p.get("n_images"), seed=p.get("seed", 0),
+                                  teacher=p.get("teacher", "template"), resolution=p.get("resolution"),
+                                  base_url=p.get("base_url") or None, model=p.get("model") or None)
+
+
+def notebook_01(p: dict) -> list[str]:
+    cfg = _data(p)
+    return [_artifact("instruction data (notebook 01)", cache.cache_path(paths.artifacts_dir(cfg.profile), "data", cfg))]
+
+
+def notebook_02(p: dict) -> list[str]:
+    from vlkit.backbones import BackboneConfig
+    cfg = BackboneConfig.for_profile(p["profile"], seed=p.get("seed", 0))
+    return [_artifact("tiny backbones (notebook 02)", cache.cache_path(paths.artifacts_dir(cfg.profile), "backbones", cfg))]
+
+
+def notebook_03(p: dict) -> list[str]:
+    from vlkit import experiment
+    from vlkit.recipes import llava
+    cfg, rows = llava.from_parameters(**p)
+    root = paths.artifacts_dir(cfg.profile)
+    lines = [_artifact("instruction data", cache.cache_path(root, "data", cfg.data)),
+             _artifact("ScienceQA-format benchmark", cache.cache_path(root, "scienceqa", cfg.scienceqa))]
+    if not (cfg.vision and cfg.llm and cfg.tokenizer):
+        lines.append(_artifact("tiny backbones", cache.cache_path(root, "backbones", cfg.backbones)))
+    return lines + experiment.describe(rows)
+
+
+PLANS: dict[str, Callable[[dict], list[str]]] = {"01": notebook_01, "02": notebook_02, "03": notebook_03}
+
+
+def describe(notebook: str, parameters: dict) -> list[str]:
+    """The plan of notebook ``NN_...`` for ``parameters`` (its defaults merged with the run's)."""
+    number = notebook[:2]
+    if number not in PLANS:
+        return ["  (no plan registered for this notebook: it builds nothing cached)"]
+    return PLANS[number](parameters)
