@@ -208,7 +208,11 @@ def test_ensure_backbones_builds_loadable_checkpoints(cfg, tmp_path, monkeypatch
     assert isinstance(CLIPModel.from_pretrained(path / "clip"), CLIPModel)
     assert AutoModelForCausalLM.from_pretrained(path / "llm").config.vocab_size == len(tok)
     assert (path / "vision" / "preprocessor_config.json").is_file()
-    assert B.ensure_backbones(small, progress=False) == path  # cached: no rebuild
+    from vlkit import cache
+    built, mtime = cache.BUILDS["backbones"], (path / "llm" / "model.safetensors").stat().st_mtime_ns
+    assert B.ensure_backbones(small, progress=False) == path
+    assert cache.BUILDS["backbones"] == built  # cached: no rebuild
+    assert (path / "llm" / "model.safetensors").stat().st_mtime_ns == mtime
 
 
 def test_plots_take_plain_data():

@@ -1,4 +1,5 @@
 """ChatClient, ChatTeacher and ChatJudge against a real HTTP server on loopback that speaks chat-completions."""
+import contextlib
 import json
 import threading
 import time
@@ -9,6 +10,7 @@ import pytest
 from vlkit import data
 from vlkit.chat_client import ChatClient, ChatClientError
 from vlkit.chat_teacher import ChatTeacher
+from vlkit.errors import ServiceError, UserError
 from vlkit.teacher import make_teacher
 
 KEY = "sk-test-SECRET-0123456789"
@@ -216,3 +218,198 @@ def test_cli_chat_teacher_and_chat_judge_build_a_client(server, monkeypatch, tmp
     assert server.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
     assert cli.main(["eval", "llava-bench", "--questions", str(q), "--answers", str(a), "--judge", "chat"]) == 2
     assert "base_url" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ redirects and out-of-schema replies
+
+SECRET = "sk-test-secret"
+
+
+class Recorder:
+    """A loopback server that records every request (any method) and answers with ``respond``.
+
+    ``respond(request) -> (status, headers, body bytes)``; ``requests`` holds
+    ``{"method", "path", "headers", "body"}`` for each request received.
+    """
+
+    def __init__(self, respond):
+        self.requests = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                req = {"method": self.command, "path": self.path, "headers": dict(self.headers),
+                       "body": self.rfile.read(n) if n else b""}
+                outer.requests.append(req)
+                status, headers, raw = respond(req)
+                try:
+                    if isinstance(status, tuple):  # (code, reason phrase)
+                        self.send_response(*status)
+                    else:
+                        self.send_response(status)
+                    for k, v in {"Content-Type": "application/json", **headers}.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(raw)))
+                    self.end_headers()
+                    self.wfile.write(raw)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _any
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.02,), daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(timeout=5)
+
+
+@contextlib.contextmanager
+def running_servers():
+    """``start(respond)`` starts a :class:`Recorder` on 127.0.0.1; all are shut down on exit."""
+    started = []
+
+    def start(respond):
+        started.append(Recorder(respond))
+        return started[-1]
+
+    try:
+        yield start
+    finally:
+        for s in started:
+            s.close()
+
+
+@pytest.fixture
+def loopback():
+    with running_servers() as start:
+        yield start
+
+
+def json_reply(obj, status=200):
+    return lambda req: (status, {}, obj if isinstance(obj, bytes) else json.dumps(obj).encode())
+
+
+def redirect_to(url, code):
+    return lambda req: (code, {"Location": url}, b'{"error": "moved"}')
+
+
+@pytest.fixture
+def other_host(loopback):
+    """Server B: would accept anything and answer it as a good chat completion."""
+    return loopback(json_reply(completion(GOOD["detail"])))
+
+
+REDIRECTS = [301, 302, 303, 307, 308]
+
+
+@pytest.mark.parametrize("code", REDIRECTS)
+def test_redirect_is_not_followed_and_the_key_stays_with_the_endpoint(loopback, other_host, monkeypatch, code):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    target = other_host.url + "/v1/chat/completions"
+    a = loopback(redirect_to(target, code))
+    client = ChatClient(a.url + "/v1", "m", timeout=5, max_retries=2, backoff=0.01)
+    with pytest.raises(ChatClientError) as e:
+        client.complete([{"role": "user", "content": "hi"}])
+    msg = str(e.value)
+    assert isinstance(e.value, ServiceError)
+    assert f"redirect to {target}" in msg and "not followed" in msg and f"HTTP {code}" in msg
+    assert SECRET not in msg and "\n" not in msg
+    assert other_host.requests == []  # no request, so no Authorization header, reached server B
+    # The configured endpoint got the one POST (a redirect is not retried), with the key.
+    assert [(r["method"], r["path"]) for r in a.requests] == [("POST", "/v1/chat/completions")]
+    assert a.requests[0]["headers"]["Authorization"] == f"Bearer {SECRET}"
+    assert client.n_requests == 1 and client.n_retries == 0 and client.n_malformed == 0
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_chat_teacher_on_a_redirecting_endpoint_raises(loopback, other_host, monkeypatch, code):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    a = loopback(redirect_to(other_host.url + "/v1/chat/completions", code))
+    t = make_teacher("chat", 0, base_url=a.url + "/v1", model="m", timeout=5, backoff=0.01)
+    with pytest.raises(ChatClientError, match=f"redirect to {other_host.url}/v1/chat/completions"):
+        t.generate(CONTEXT, "detail")
+    assert other_host.requests == [] and t.n_malformed == 0
+
+
+def test_a_location_echoing_the_key_is_redacted(loopback, other_host, monkeypatch):
+    # An endpoint that puts what it received into Location: the key must still not be printed.
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    a = loopback(lambda req: (302, {"Location": other_host.url + "/steal?auth=" + req["headers"]["Authorization"]
+                                    .replace(" ", "+")}, b""))
+    with pytest.raises(ChatClientError) as e:
+        ChatClient(a.url, "m", timeout=5, max_retries=0).complete([])
+    assert "/steal?auth=Bearer+<API key>" in str(e.value) and SECRET not in str(e.value)
+    assert other_host.requests == []
+
+
+def test_http_error_gives_a_short_status_line_without_body_or_key(loopback, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    huge = json.dumps({"error": "x" * 1_000_000}).encode()
+    # A long reason phrase that echoes the Authorization header, and a 1 MB body.
+    a = loopback(lambda req: ((400, "Bad Request " + req["headers"]["Authorization"] + " y" * 3000), {}, huge))
+    with pytest.raises(ChatClientError) as e:
+        ChatClient(a.url, "m", timeout=5, max_retries=3, backoff=0.01).complete([])
+    msg = str(e.value)
+    assert msg.startswith(f"{a.url}/v1/chat/completions: HTTP 400 Bad Request") and len(msg) < 200
+    assert SECRET not in msg and "xxxx" not in msg and "\n" not in msg
+    assert len(a.requests) == 1  # a 4xx is not retried
+
+
+@pytest.mark.parametrize("key, sent", [(SECRET + "\n", SECRET), ("  " + SECRET + " ", SECRET)])
+def test_key_is_trimmed_before_it_is_sent(loopback, monkeypatch, key, sent):
+    monkeypatch.setenv("OPENAI_API_KEY", key)  # e.g. export OPENAI_API_KEY="$(cat key.txt)"
+    a = loopback(json_reply(completion("ok")))
+    assert ChatClient(a.url, "m", timeout=5, max_retries=0).complete([]) == "ok"
+    assert a.requests[0]["headers"]["Authorization"] == f"Bearer {sent}"
+
+
+@pytest.mark.parametrize("key", [SECRET + "\nX-Injected: 1", SECRET + "\r\nHost: evil", "sk-tést-secret"])
+def test_a_key_that_cannot_be_a_header_is_refused_without_printing_it(loopback, monkeypatch, key):
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    a = loopback(json_reply(completion("ok")))
+    with pytest.raises(UserError) as e:
+        ChatClient(a.url, "m", timeout=5, max_retries=0).complete([])
+    assert "OPENAI_API_KEY" in str(e.value) and "sk-t" not in str(e.value) and "secret" not in str(e.value)
+    assert a.requests == []
+
+
+OUT_OF_SCHEMA = {
+    "not JSON": b"<html>502 Bad Gateway</html>",
+    "not UTF-8": b'{"choices": "\xff\xfe"}',
+    "JSON list": b"[1, 2]",
+    "JSON string": b'"hello"',
+    "JSON null": b"null",
+    "nested too deep": b"[" * 100_000,
+    "no choices": b'{"error": "overloaded"}',
+    "empty choices": b'{"choices": []}',
+    "choices not a list": b'{"choices": {"0": {"message": {"content": "hi"}}}}',
+    "choice not an object": b'{"choices": ["hi"]}',
+    "no message": b'{"choices": [{"text": "hi"}]}',
+    "message a string": b'{"choices": [{"message": "hi"}]}',
+    "content null": b'{"choices": [{"message": {"content": null}}]}',
+    "content a number": b'{"choices": [{"message": {"content": 7}}]}',
+    "content a list": b'{"choices": [{"message": {"content": [{"type": "text", "text": "hi"}]}}]}',
+    "over max_reply_bytes": json.dumps(completion("A long reply. " * 200)).encode(),
+}
+
+
+@pytest.mark.parametrize("name", OUT_OF_SCHEMA)
+def test_out_of_schema_reply_is_none_and_counted(loopback, monkeypatch, name):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    a = loopback(json_reply(OUT_OF_SCHEMA[name]))
+    cap = {"max_reply_bytes": 2000} if name == "over max_reply_bytes" else {}
+    client = ChatClient(a.url, "m", timeout=5, max_retries=2, backoff=0.01, **cap)
+    assert client.complete([{"role": "user", "content": "hi"}]) is None
+    assert client.n_malformed == 1 and client.n_requests == 1 and client.n_retries == 0  # not retried
+    t = ChatTeacher(client)
+    assert t.generate(CONTEXT, "detail") is None
+    assert t.n_malformed == 1 and client.n_malformed == 2

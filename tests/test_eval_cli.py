@@ -38,6 +38,7 @@ def test_generate_then_score_table_and_json(bench, tmp_path, capsys):
 @pytest.mark.parametrize("case, message", [
     ("unknown_id", "unknown problem id"), ("missing_field", "missing required field"),
     ("no_file", "no such file"), ("not_predictions", "not a predictions file"),
+    ("wrong_split", "none of its 1 predictions is for a problem of split 'test' (they are for train)"),
 ])
 def test_bad_input_one_line_exit_2(bench, tmp_path, capsys, case, message):
     problems = tmp_path / "problems.json"
@@ -52,6 +53,9 @@ def test_bad_input_one_line_exit_2(bench, tmp_path, capsys, case, message):
         preds = tmp_path / "nope.jsonl"
     if case == "not_predictions":
         preds.write_text(json.dumps({"foo": 1}))
+    if case == "wrong_split":  # a file of train-split answers scored on the (default) test split
+        pid = next(pid for pid, p in raw.items() if p["split"] == "train")
+        preds.write_text(json.dumps({"question_id": pid, "text": "A"}) + "\n")
     problems.write_text(json.dumps(raw))
     capsys.readouterr()
     rc = cli.main(["eval", "scienceqa", "--problems", str(problems), "--predictions", str(preds)])

@@ -134,3 +134,48 @@ def test_load_bench_errors(tmp_path):
     a.write_text(json.dumps({"question_id": 1, "text": "x"}) + "\n")
     with pytest.raises(ValueError, match="unknown type 'poetry'"):
         lb.load_bench(q, a)
+
+
+# ------------------------------------------------------------------ ChatJudge through a real ChatClient (loopback)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))  # the loopback servers of test_chat_teacher
+from test_chat_teacher import SECRET, completion, json_reply, redirect_to, running_servers  # noqa: E402
+
+from vlkit.chat_client import ChatClient, ChatClientError  # noqa: E402
+
+
+@pytest.fixture
+def loopback():
+    """``loopback(respond)``: a recording server on 127.0.0.1 (test_chat_teacher.Recorder), shut down after."""
+    with running_servers() as start:
+        yield start
+
+
+BENCH = [dict(question_id="1", type="conversation", context=CONTEXT, question="How many red circles?",
+              answer="Two.", reference="There are two red circles.")]
+
+
+@pytest.mark.parametrize("code", [302, 307])
+def test_chat_judge_on_a_redirecting_endpoint_raises_and_sends_nothing_elsewhere(loopback, monkeypatch, code):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    other = loopback(json_reply(completion("9 9\nboth fine")))   # would score anything it got
+    a = loopback(redirect_to(other.url + "/v1/chat/completions", code))
+    judge = lb.ChatJudge(ChatClient(a.url + "/v1", "judge", timeout=5, max_retries=1, backoff=0.01))
+    with pytest.raises(ChatClientError) as e:
+        lb.evaluate(BENCH, judge)
+    assert f"redirect to {other.url}/v1/chat/completions" in str(e.value) and SECRET not in str(e.value)
+    assert other.requests == [] and judge.n_malformed == 0
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000, b"[8, 6]", b'{"choices": [{"message": {"content": 8}}]}'])
+def test_chat_judge_counts_an_out_of_schema_reply_as_malformed(loopback, monkeypatch, body):
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    a = loopback(json_reply(body))
+    client = ChatClient(a.url, "judge", timeout=5, max_retries=0)
+    judge = lb.ChatJudge(client)
+    js = lb.evaluate(BENCH, judge)
+    assert (js[0].model, js[0].reference) == (None, None)
+    assert judge.n_malformed == 1 == client.n_malformed and lb.relative_scores(js)["malformed"] == 1

@@ -112,6 +112,8 @@ def bad(recs):
     (bad([{"id": "v", "image": "a.png", "conversations": [{"from": "human", "value": "hi"}]}]),
      r"record 0 .*0 '<image>' tokens"),
     (bad([{"id": "u", "conversations": [{"from": "gpt", "value": "hi"}]}]), r"first turn must come from 'human'"),
+    (bad([{"id": "t", "conversations": [{"from": "human", "value": "hi"}, {"from": "gpt", "value": " "}]}]),
+     r"record 0 \(id 't'\): has no non-empty 'gpt' turn"),
 ])
 def test_bad_files_name_file_and_record(tmp_path, text, match):
     p = tmp_path / "bad.json"

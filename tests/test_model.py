@@ -239,11 +239,32 @@ def test_build_model_from_checkpoint_paths_seeds_only_the_new_modules(tmp_path):
         build_model(spec.replace(llm=str(tmp_path / "tokenizer")))
 
 
-def test_chat_template_without_generation_blocks_is_rejected():
+@pytest.mark.parametrize("chat_template", ["{% for m in messages %}{{ m['content'] }}{% endfor %}", None])
+def test_a_tokenizer_without_generation_markers_gets_llavas_template_and_trains(tmp_path, chat_template):
     import copy
 
+    from vlkit.specs import ParamGroup, TrainSpec
+    from vlkit.train import train
     tok = copy.deepcopy(T.tokenizer())
-    tok.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    tok.chat_template = chat_template  # a real Llama / Vicuna tokenizer: no {% generation %} blocks, or none at all
+    with pytest.raises(ValueError, match="marks no assistant tokens.*vicuna_v1"):
+        VLProcessor(T.image_processor(), tok, 4, template="tokenizer")
     p = VLProcessor(T.image_processor(), tok, 4)
-    with pytest.raises(ValueError, match="generation"):
-        p.collate([T.ColorDataset(1)[0]])
+    assert p.template == "vicuna_v1"
+    b = p.collate([T.ColorDataset(1)[0]])
+    ids, labels = b["input_ids"][0], b["labels"][0]
+    assert tok.decode(ids[labels != -100]).strip() == "it is red.</s>"  # the answer and its </s>, nothing else
+    text = tok.decode(ids[ids != p.image_token_id])
+    assert text.startswith("A chat between a curious user") and "USER: \nwhat color is the image? ASSISTANT:" in text
+    prompt = p.prompt(["what color is the image?"], [T.ColorDataset(1)[0]["image"]])
+    assert tok.decode(prompt["input_ids"][0]).endswith("what color is the image? ASSISTANT:")
+    p.save_pretrained(tmp_path / "p")
+    assert VLProcessor.from_pretrained(tmp_path / "p").template == "vicuna_v1"
+    m = T.model()
+    p = VLProcessor.for_model(m, T.image_processor(), tok)
+    r = train(m, T.ColorDataset(16), TrainSpec(groups=(ParamGroup("connector", 1e-2), ParamGroup("llm", 1e-3)),
+                                               steps=8, batch_size=4, mixed_precision="no", progress=False),
+              processor=p)
+    assert r.losses[-1] < r.losses[0]
+    with pytest.raises(ValueError, match="unknown conversation template 'alpaca'"):
+        VLProcessor(T.image_processor(), tok, 4, template="alpaca")

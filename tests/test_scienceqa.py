@@ -286,9 +286,16 @@ def test_for_profile():
 
 def test_ensure_scienceqa_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("VLKIT_ARTIFACTS", str(tmp_path))
+    from vlkit import cache
     cfg = gen.ScienceQAConfig.for_profile("smoke", n_problems=20)
+    before = cache.BUILDS["scienceqa"]
     a = gen.ensure_scienceqa(cfg)
-    assert (a / "problems.json").is_file() and a == gen.ensure_scienceqa(cfg)
+    assert (a / "problems.json").is_file() and cache.BUILDS["scienceqa"] == before + 1
+    mtime = (a / "problems.json").stat().st_mtime_ns
+    assert a == gen.ensure_scienceqa(cfg)  # the second call builds nothing
+    assert cache.BUILDS["scienceqa"] == before + 1 and (a / "problems.json").stat().st_mtime_ns == mtime
+    gen.ensure_scienceqa(gen.ScienceQAConfig.for_profile("smoke", n_problems=21))  # another config builds
+    assert cache.BUILDS["scienceqa"] == before + 2
 
 
 def test_plots_return_figures(generated):

@@ -23,7 +23,8 @@ ALTERNATIVES = {"connector": ["mlp2x_gelu", "linear"], "compressor": ["test_halv
                 "teacher": ["template"], "profile": ["full", "smoke"], "recipe": ["full"],
                 "types": [("conversation",), ("conversation", "detail", "reasoning")],
                 "name": ["connector", "llm", "lora", "test_residual"], "places": [("mlp",), ("attention",)],
-                "towers": [("vision",), ("llm",)], "token_reduction": ["test_halve", None]}
+                "towers": [("vision",), ("llm",)], "token_reduction": ["test_halve", None],
+                "template": ["vicuna_v1", "auto"]}
 
 
 def _alternatives(name: str, value):
@@ -101,7 +102,8 @@ def test_every_field_of_every_spec_changes_the_key(rows):
     for expected in ("stage.model.connector", "stage.model.backbones.llm_layers", "stage.train.steps",
                      "stage.train.seed", "stage.train.groups[0].lr", "stage.train.lora.r", "stage.data.binding_repeats",
                      "stage.data.scienceqa.n_problems", "stage.init.train.steps", "stage.init.data.data.n_images",
-                     "spec.batch_size", "spec.bench.scenes", "switches.token_reduction", "stage.model.max_length"):
+                     "spec.batch_size", "spec.bench.scenes", "switches.token_reduction", "stage.model.max_length",
+                     "stage.model.template"):
         assert expected in leaves, expected
     assert checked > 150
 

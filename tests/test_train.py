@@ -68,6 +68,10 @@ def test_lora_and_qlora_train_and_loss_falls(recipe, tmp_path):
     gen = p.prompt(["what color is the image?"], [T.ColorDataset(1)[0]["image"]])
     out = m.generate(**gen, max_new_tokens=3, do_sample=False)
     assert out.shape == (1, 3)
+    if recipe == "qlora":  # merged into packed 4-bit weights it would save a checkpoint that does not load
+        from vlkit.train import merge_lora
+        with pytest.raises(ValueError, match="quantised.*does not save as a plain checkpoint"):
+            merge_lora(m)
     if recipe == "lora":  # merged adapters save as a plain VLModel with the same outputs
         from vlkit.model import VLModel
         from vlkit.train import merge_lora

@@ -20,9 +20,13 @@ class BackbonePaths:
 
 
 def backbone_paths(spec: ModelSpec, progress: bool = True) -> BackbonePaths:
-    """The checkpoints ``spec`` names, notebook 02's tiny backbones for the rest (built when missing)."""
-    if spec.vision and spec.llm and spec.tokenizer:
-        return BackbonePaths(spec.vision, spec.llm, spec.tokenizer)
+    """The checkpoints ``spec`` names, notebook 02's tiny backbones for the rest (built when missing).
+
+    A vision tower and an LLM given as checkpoints need no tiny backbones: the tokenizer then comes
+    from the LLM checkpoint unless one is named (it is checked for ``<image>`` when loaded).
+    """
+    if spec.vision and spec.llm:
+        return BackbonePaths(spec.vision, spec.llm, spec.tokenizer or spec.llm)
     from vlkit.backbones import ensure_backbones
     root = ensure_backbones(spec.backbones, progress=progress)
     return BackbonePaths(spec.vision or str(root / "vision"), spec.llm or str(root / "llm"),
@@ -65,7 +69,7 @@ def build_model(spec: ModelSpec, seed: int = 0, progress: bool = True):
         vision_feature_layer=spec.vision_feature_layer, llm_attn_implementation=spec.attention,
         insertions=[_insertion_dict(s) for s in spec.insertions], attention_kwargs=spec.attention_options)
     proc = VLProcessor.for_model(model, AutoImageProcessor.from_pretrained(paths.vision), tok,
-                                 max_length=spec.max_length)
+                                 max_length=spec.max_length, template=spec.template)
     return model, proc
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing as mp
+import numbers
 import random
 import shutil
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from vlkit import atomic, cache, paths, world
 from vlkit.data_stats import StatsAccumulator
+from vlkit.errors import UserError
 from vlkit.teacher import KINDS, make_teacher
 from vlkit.tokens import IMAGE_TOKEN
 
@@ -75,16 +77,21 @@ class DataConfig:
         if isinstance(self.world, dict):
             self.world = world.WorldConfig(**self.world)
         self.world = dataclasses.replace(self.world, resolution=self.resolution)
-        if self.n_images < 1:
-            raise ValueError(f"n_images must be >= 1, got {self.n_images}")
-        if self.resolution < 8:
-            raise ValueError(f"resolution must be >= 8 px, got {self.resolution}")
-        if set(self.mix) - set(KINDS) or not any(self.mix.values()):
-            raise ValueError(f"mix must weigh some of {KINDS}, got {self.mix}")
+        # UserError (a ValueError): the CLI prints it as one line naming the value, exit status 2.
+        for name in ("n_images", "samples_per_image"):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Integral) or isinstance(v, bool) or v < 1:
+                raise UserError(f"{name} must be an integer >= 1, got {v!r}")
+        if not isinstance(self.resolution, numbers.Integral) or self.resolution < 8:
+            raise UserError(f"resolution must be >= 8 px, got {self.resolution!r}")
+        if not isinstance(self.mix, dict) or set(self.mix) - set(KINDS) or not any(self.mix.values()) \
+                or any(not isinstance(w, numbers.Real) or w < 0 for w in self.mix.values()):
+            raise UserError(f"mix must give weights >= 0 to some of {KINDS}, got {self.mix!r}")
         if self.teacher not in ("template", "chat"):
-            raise ValueError(f"unknown teacher {self.teacher!r}; expected 'template' or 'chat'")
+            raise UserError(f"unknown teacher {self.teacher!r}; expected 'template' or 'chat'")
         if not (0 <= self.val_frac and 0 <= self.test_frac and self.val_frac + self.test_frac < 1):
-            raise ValueError("val_frac and test_frac must be >= 0 and sum to less than 1")
+            raise UserError("val_frac and test_frac must be >= 0 and sum to less than 1, got "
+                            f"{self.val_frac!r} and {self.test_frac!r}")
         self.n_val = round(self.n_images * self.val_frac)
         self.n_test = round(self.n_images * self.test_frac)
         self.n_train = self.n_images - self.n_val - self.n_test
@@ -350,6 +357,9 @@ def _check_record(rec, path, i) -> dict:
         raise ValueError(f"{where}: has an image but {n_tokens} '{IMAGE_TOKEN}' tokens (expected 1)")
     if "image" not in rec and n_tokens:
         raise ValueError(f"{where}: has '{IMAGE_TOKEN}' but no 'image'")
+    if not any(t["from"] == "gpt" and t["value"].strip() for t in conv):
+        # nothing to learn from: a batch of such records has no labelled token and a NaN loss
+        raise ValueError(f"{where}: has no non-empty 'gpt' turn (nothing for the model to learn)")
     return rec
 
 

@@ -41,7 +41,7 @@ def notebook_03(p: dict) -> list[str]:
     root = paths.artifacts_dir(cfg.profile)
     lines = [_artifact("instruction data", cache.cache_path(root, "data", cfg.data)),
              _artifact("ScienceQA-format benchmark", cache.cache_path(root, "scienceqa", cfg.scienceqa))]
-    if not (cfg.vision and cfg.llm and cfg.tokenizer):
+    if not (cfg.vision and cfg.llm):
         lines.append(_artifact("tiny backbones", cache.cache_path(root, "backbones", cfg.backbones)))
     return lines + experiment.describe(rows)
 

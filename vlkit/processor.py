@@ -1,8 +1,8 @@
 """VLProcessor: images + LLaVA conversations -> model batches (notebook 03).
 
-Text goes through the tokenizer's chat template; its ``{% generation %}`` blocks give the
-assistant-token mask, so labels are the input ids on assistant turns and -100 elsewhere
-(LLaVA's loss). Each ``<image>`` id is then expanded into ``num_image_tokens`` copies: the
+Text goes through the tokenizer's chat template where its ``{% generation %}`` blocks give the
+assistant-token mask, else through one of LLaVA's conversation templates (:mod:`vlkit.templates`,
+e.g. ``vicuna_v1``); labels are the input ids on assistant turns and -100 elsewhere (LLaVA's loss). Each ``<image>`` id is then expanded into ``num_image_tokens`` copies: the
 slots the model fills with visual tokens.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from transformers import AutoImageProcessor, AutoTokenizer
 
 from vlkit.atomic import write_json
+from vlkit import templates
 from vlkit.model import IMAGE_TOKEN, _image_token_id
 from vlkit.tokenizer import llava_to_messages
 
@@ -25,17 +26,23 @@ IGNORE = -100
 class VLProcessor:
     """Image processor + tokenizer + the number of visual tokens per image (notebook 03)."""
 
-    def __init__(self, image_processor, tokenizer, num_image_tokens: int, max_length: int | None = None):
+    def __init__(self, image_processor, tokenizer, num_image_tokens: int, max_length: int | None = None,
+                 template: str = "auto"):
+        """``template``: ``"auto"`` (the tokenizer's chat template where it marks assistant turns, else
+        LLaVA's ``vicuna_v1``), ``"tokenizer"`` or a LLaVA template name (:mod:`vlkit.templates`); the
+        resolved name is ``self.template`` and is saved with the processor."""
         self.image_processor, self.tokenizer = image_processor, tokenizer
         self._num_image_tokens, self.max_length = int(num_image_tokens), max_length
         self._model = None
         self.image_token_id = _image_token_id(tokenizer)
+        self.template = templates.resolve(template, tokenizer)
 
     @classmethod
-    def for_model(cls, model, image_processor, tokenizer, max_length: int | None = None) -> "VLProcessor":
+    def for_model(cls, model, image_processor, tokenizer, max_length: int | None = None,
+                  template: str = "auto") -> "VLProcessor":
         """A processor that follows ``model.num_image_tokens``, also after the model's token reduction
         is switched (:meth:`vlkit.model.VLModel.set_token_reduction`) (notebook 03)."""
-        proc = cls(image_processor, tokenizer, model.num_image_tokens, max_length)
+        proc = cls(image_processor, tokenizer, model.num_image_tokens, max_length, template)
         proc._model = weakref.ref(model)
         return proc
 
@@ -55,11 +62,7 @@ class VLProcessor:
         n_tags = sum(m["content"].count(IMAGE_TOKEN) for m in messages)
         if n_tags != n_images:
             raise ValueError(f"{where or 'conversation'} has {n_tags} {IMAGE_TOKEN} tag(s) but {n_images} image(s)")
-        enc = self.tokenizer.apply_chat_template(
-            messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt,
-            return_assistant_tokens_mask=not add_generation_prompt)
-        ids = list(enc["input_ids"])
-        mask = list(enc.get("assistant_masks") or [0] * len(ids))
+        ids, mask = self._tokenize(messages, add_generation_prompt)
         if (not add_generation_prompt and not any(mask)
                 and any(m["role"] == "assistant" and m["content"] for m in messages)):
             raise ValueError(f"{where or 'conversation'}: the tokenizer's chat template marks no assistant "
@@ -82,6 +85,21 @@ class VLProcessor:
                                  f"answer token ({len(out_ids)} tokens); raise max_length")
             out_ids, labels = out_ids[: self.max_length], labels[: self.max_length]
         return out_ids, labels
+
+    def _tokenize(self, messages: list[dict], add_generation_prompt: bool) -> tuple[list[int], list[int]]:
+        """Token ids and the assistant mask (1 = an answer token) of chat ``messages``."""
+        if self.template == "tokenizer":
+            enc = self.tokenizer.apply_chat_template(
+                messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt,
+                return_assistant_tokens_mask=not add_generation_prompt)
+            ids = list(enc["input_ids"])
+            return ids, list(enc.get("assistant_masks") or [0] * len(ids))
+        text, spans = templates.template(self.template).render(messages, add_generation_prompt)
+        enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
+        # a token is an answer token when its characters overlap an answer span (byte-level BPE puts the
+        # space before the answer's first word into that word's token)
+        mask = [int(b > a and any(a < e and b > s for s, e in spans)) for a, b in enc["offset_mapping"]]
+        return list(enc["input_ids"]), mask
 
     # --- batches -------------------------------------------------------------------------------
     def __call__(self, conversations: Sequence[list[dict]], images: Sequence[Any] | None = None,
@@ -138,7 +156,7 @@ class VLProcessor:
         self.tokenizer.save_pretrained(path)
         self.image_processor.save_pretrained(path)
         write_json(path / "vlkit_processor.json", {"num_image_tokens": self.num_image_tokens,
-                                                   "max_length": self.max_length})
+                                                   "max_length": self.max_length, "template": self.template})
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "VLProcessor":
@@ -148,4 +166,4 @@ class VLProcessor:
             raise FileNotFoundError(f"{meta_file} not found: not a folder written by VLProcessor.save_pretrained")
         meta = json.loads(meta_file.read_text())
         return cls(AutoImageProcessor.from_pretrained(path), AutoTokenizer.from_pretrained(path),
-                   meta["num_image_tokens"], meta.get("max_length"))
+                   meta["num_image_tokens"], meta.get("max_length"), meta.get("template", "tokenizer"))

@@ -8,9 +8,16 @@ a new folder ``papermill_runs/<run_id>/`` that holds
 - ``<notebook>.metrics.json``: what the notebook passed to :func:`vlkit.record`,
 - ``run.json``: git commit, profile, parameters, start/end, seconds per notebook, status,
   metrics, and for a failure the notebook and cell that failed.
+
+Ctrl-C (SIGINT) or SIGTERM to the runner stops the notebook that is running, with every process
+it started (SIGTERM, then SIGKILL after :data:`GRACE_SECONDS`), marks ``run.json``
+``"interrupted"`` with that notebook and its seconds so far, and raises :class:`Interrupted`
+(``vlkit run`` exits 130 or 143). Temporary build folders that killed processes left under
+``artifacts/`` are removed when a run starts (:func:`vlkit.atomic.sweep_stale`).
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import datetime as dt
 import json
@@ -19,20 +26,22 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import nbformat
-import papermill
 
 from vlkit import atomic, paths
+from vlkit.errors import UserError
+from vlkit.parameters import check_parameters, declared_parameters, with_profile
+from vlkit.processes import Signals, stop_process_tree
 from vlkit.metrics import NOTEBOOK_ENV, RUN_DIR_ENV
 
 NOTEBOOK_PATTERN = re.compile(r"^(\d\d)_[\w-]+\.ipynb$")
-# Parameters every notebook must declare: the runner passes them to all notebooks.
-COMMON_PARAMETERS = ("profile",)
-PROFILES = ("smoke", "full")
+# How often a running notebook is checked for its end, its time limit and a signal to the runner.
+POLL_SECONDS = 0.2
 
 
 # --------------------------------------------------------------------------- discovery
@@ -52,63 +61,12 @@ def discover(notebooks_dir: Path, only: list[str] | None = None) -> list[Path]:
     return found
 
 
-def declared_parameters(notebook: Path) -> dict[str, Any]:
-    """The names and default values in a notebook's cell tagged ``parameters``.
-
-    Uses papermill's own inspection; a notebook without such a cell is an error, since
-    the runner could not pass it a profile.
-    """
-    nb = nbformat.read(notebook, as_version=4)
-    if not any("parameters" in c.metadata.get("tags", []) for c in nb.cells):
-        raise ValueError(f"{notebook.name}: no cell tagged 'parameters'")
-    params = papermill.inspect_notebook(str(notebook))
-    return {name: info["default"] for name, info in params.items()}
-
-
-def parse_value(text: str) -> Any:
-    """A ``-p NAME VALUE`` value as papermill's CLI reads it: int, float, bool, None, JSON, else str."""
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
-
-
-def check_parameters(notebooks: list[Path], params: dict[str, Any]) -> dict[Path, dict[str, Any]]:
-    """Map each notebook to the parameters it declares; unknown names are an error.
-
-    Papermill only warns about a parameter a notebook does not declare (and injects it
-    anyway); a typo would then silently run the default. Here a name must be declared by
-    at least one selected notebook, and each notebook gets only the names it declares.
-    """
-    declared = {nb: declared_parameters(nb) for nb in notebooks}
-    for nb, names in declared.items():
-        missing = [c for c in COMMON_PARAMETERS if c not in names]
-        if missing:
-            raise ValueError(f"{nb.name}: parameters cell lacks {', '.join(missing)}")
-    known = set().union(*declared.values())
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; the selected notebooks "
-                         f"declare: {', '.join(sorted(known))}")
-    return {nb: {k: v for k, v in params.items() if k in names} for nb, names in declared.items()}
-
-
 # --------------------------------------------------------------------------- running
 
 @dataclasses.dataclass
 class NotebookResult:
     notebook: str
-    status: str  # "ok" | "failed" | "timeout"
+    status: str  # "ok" | "failed" | "timeout" | "interrupted"
     seconds: float
     parameters: dict[str, Any]
     metrics: dict[str, Any]
@@ -123,8 +81,25 @@ def _git_commit(root: Path) -> dict[str, Any]:
     return {"commit": commit, "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
 
 
+def check_runs_dir(runs_dir: Path) -> None:
+    """``runs_dir`` is a folder or can become one: neither it nor a parent is a file."""
+    for p in (runs_dir, *runs_dir.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is" if p == runs_dir else f"is inside {p}, which is"
+                raise UserError(f"--runs-dir {runs_dir} {what} a file, not a folder")
+            return
+
+
+def check_timeout(timeout: float) -> None:
+    """A per-notebook time limit is a positive number of seconds (``inf``: none)."""
+    if not timeout > 0:  # also refuses nan
+        raise UserError(f"--timeout {timeout:g}: must be a positive number of seconds")
+
+
 def new_run_dir(runs_dir: Path, profile: str) -> Path:
     """A fresh ``<runs_dir>/<timestamp>-<profile>[-N]``: an existing run is never overwritten."""
+    check_runs_dir(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
     for n in range(1000):
@@ -155,12 +130,36 @@ def first_error(executed: Path) -> dict[str, Any] | None:
     return None
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped a run; ``run.json`` of ``run_dir`` says ``"interrupted"``.
+
+    A KeyboardInterrupt, so that a caller that does not look for it stops as on Ctrl-C.
+    """
+
+    def __init__(self, signum: int, run_dir: Path, record: dict[str, Any]):
+        self.signum, self.run_dir, self.record = signum, run_dir, record
+        info = record.get("interrupted") or {}
+        if info.get("notebook"):
+            where = f"while {info['notebook']} ran ({info.get('seconds', 0):.1f} s); it was stopped"
+        else:
+            where = f"before {info.get('next', 'the next notebook')} started"
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}; "
+                         f"run marked interrupted in {run_dir / 'run.json'}")
+
+    @property
+    def exit_code(self) -> int:
+        """128 + the signal number, as a shell reports a process the signal ended: 130, 143."""
+        return 128 + self.signum
+
+
 def execute(notebook: Path, output: Path, parameters: dict[str, Any], run_dir: Path,
-            timeout: float, cwd: Path) -> tuple[str, float]:
+            timeout: float, cwd: Path, signals: Signals | None = None) -> tuple[str, float]:
     """Run one notebook with papermill in a child process; return (status, seconds).
 
-    A child process (in its own process group, so the kernel goes too) gives a real
-    wall-clock limit per notebook, which papermill's per-cell timeout does not.
+    A child process (in its own session, so that the terminal's Ctrl-C reaches the runner
+    only) gives a real wall-clock limit per notebook, which papermill's per-cell timeout does
+    not. Over the limit, or on a signal :class:`Signals` recorded, the notebook's processes are
+    stopped (:func:`stop_process_tree`) and the status is ``"timeout"`` or ``"interrupted"``.
     """
     env = dict(os.environ, **{RUN_DIR_ENV: str(run_dir), NOTEBOOK_ENV: notebook.stem,
                               "VLKIT_HOME": str(paths.repo_root())})
@@ -172,17 +171,33 @@ def execute(notebook: Path, output: Path, parameters: dict[str, Any], run_dir: P
            "-k", "python3", "--cwd", str(cwd), "-y", json.dumps(parameters),
            "--progress-bar" if sys.stderr.isatty() else "--no-progress-bar"]
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        log, _ = proc.communicate(timeout=timeout)
-        status = "ok" if proc.returncode == 0 else "failed"
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        log, _ = proc.communicate()
-        status = "timeout"
-    atomic.write_text(run_dir / f"{notebook.stem}.log", log or "")
-    return status, time.perf_counter() - start
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    # the log is read by a thread, so that waiting below can look up every POLL_SECONDS
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(proc.stdout), daemon=True)
+    reader.start()
+    deadline = start + timeout
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, min(POLL_SECONDS, deadline - time.perf_counter())))
+            status = "ok" if proc.returncode == 0 else "failed"
+            break
+        except subprocess.TimeoutExpired:
+            if signals is not None and signals.signum is not None:
+                status = "interrupted"
+            elif time.perf_counter() >= deadline:
+                status = "timeout"
+            else:
+                continue
+            stop_process_tree(proc, signals=signals)
+            break
+    seconds = time.perf_counter() - start
+    reader.join(timeout=5)  # a process that escaped its group could hold the pipe open
+    if not reader.is_alive():
+        proc.stdout.close()
+    atomic.write_text(run_dir / f"{notebook.stem}.log", "".join(chunks))
+    return status, seconds
 
 
 def dry_run(profile: str = "full", only: list[str] | None = None, params: dict[str, Any] | None = None,
@@ -191,13 +206,10 @@ def dry_run(profile: str = "full", only: list[str] | None = None, params: dict[s
 
     Parameters are checked as for a real run; nothing is built and no run folder is made.
     """
-    import ast
-
     from vlkit import plans
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    merged = with_profile(params, profile)
     notebooks = discover(Path(notebooks_dir or paths.repo_root() / "notebooks").resolve(), only)
-    per_notebook = check_parameters(notebooks, {**(params or {}), "profile": profile})
+    per_notebook = check_parameters(notebooks, merged)
     lines = []
     for nb in notebooks:
         defaults = {k: ast.literal_eval(v) for k, v in declared_parameters(nb).items()}
@@ -212,45 +224,73 @@ def run_pipeline(profile: str = "full", only: list[str] | None = None,
     """Execute the notebooks in order; return (run folder, run record).
 
     Parameters are checked against every selected notebook before anything runs. The
-    pipeline stops at the first failing notebook, since later ones read its artifacts.
+    pipeline stops at the first failing notebook, since later ones read its artifacts. On
+    SIGINT or SIGTERM it stops the running notebook, records the run as interrupted and
+    raises :class:`Interrupted`; the signal handlers it replaced are back by then.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {', '.join(PROFILES)}")
+    merged = with_profile(params, profile)
+    check_timeout(timeout)
     root = paths.repo_root()
     notebooks_dir = Path(notebooks_dir or root / "notebooks").resolve()
     runs_dir = Path(runs_dir or root / "papermill_runs").resolve()
+    check_runs_dir(runs_dir)
     notebooks = discover(notebooks_dir, only)
-    per_notebook = check_parameters(notebooks, {**(params or {}), "profile": profile})
+    per_notebook = check_parameters(notebooks, merged)
 
-    run_dir = new_run_dir(runs_dir, profile)
-    record_ = {"run_id": run_dir.name, "profile": profile, "parameters": params or {},
-               "git": _git_commit(root), "python": sys.version.split()[0],
-               "started": dt.datetime.now().isoformat(timespec="seconds"), "ended": None,
-               "status": "running", "notebooks": []}
-    atomic.write_json(run_dir / "run.json", record_)
-    for i, nb in enumerate(notebooks, 1):
-        print(f"[{i}/{len(notebooks)}] {nb.name} ({profile}) ...", flush=True)
-        output = run_dir / nb.name
-        status, seconds = execute(nb, output, per_notebook[nb], run_dir, timeout, notebooks_dir)
-        metrics_file = run_dir / f"{nb.stem}.metrics.json"
-        result = NotebookResult(
-            notebook=nb.name, status=status, seconds=round(seconds, 2), parameters=per_notebook[nb],
-            metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
-            error=None if status == "ok" else (first_error(output) or
-                                                 {"ename": status, "evalue": f"see {nb.stem}.log"}))
-        record_["notebooks"].append(dataclasses.asdict(result))
-        print(f"[{i}/{len(notebooks)}] {nb.name}: {status} in {seconds:.1f} s", flush=True)
-        if status != "ok":
-            err = result.error
-            print(f"    {err.get('ename')}: {err.get('evalue')} "
-                  f"(cell {err.get('cell_index', '?')}; executed copy: {output})", file=sys.stderr)
-            record_["status"] = "failed"
-            record_["failed"] = {"notebook": nb.name, **err}
-            break
+    swept = atomic.sweep_stale(paths.artifacts_root())
+    if swept:
+        print(f"removed {len(swept)} temporary build folder(s) that killed processes left "
+              f"under {paths.artifacts_root()}", flush=True)
+    with Signals() as signals:
+        run_dir = new_run_dir(runs_dir, profile)
+        record_ = {"run_id": run_dir.name, "profile": profile, "parameters": params or {},
+                   "git": _git_commit(root), "python": sys.version.split()[0],
+                   "started": dt.datetime.now().isoformat(timespec="seconds"), "ended": None,
+                   "status": "running", "notebooks": []}
         atomic.write_json(run_dir / "run.json", record_)
-    else:
-        record_["status"] = "ok"
-    record_["ended"] = dt.datetime.now().isoformat(timespec="seconds")
-    record_["seconds"] = round(sum(n["seconds"] for n in record_["notebooks"]), 2)
-    atomic.write_json(run_dir / "run.json", record_)
+        for i, nb in enumerate(notebooks, 1):
+            if signals.signum is not None:  # a signal between two notebooks
+                record_["status"] = "interrupted"
+                record_["interrupted"] = {"notebook": None, "next": nb.name}
+                break
+            print(f"[{i}/{len(notebooks)}] {nb.name} ({profile}) ...", flush=True)
+            output = run_dir / nb.name
+            status, seconds = execute(nb, output, per_notebook[nb], run_dir, timeout,
+                                      notebooks_dir, signals)
+            metrics_file = run_dir / f"{nb.stem}.metrics.json"
+            if status == "ok":
+                error = None
+            elif status == "interrupted":
+                error = {"ename": "interrupted",
+                         "evalue": f"{signal.Signals(signals.signum).name} after {seconds:.1f} s"}
+            else:
+                error = first_error(output) or {"ename": status, "evalue": f"see {nb.stem}.log"}
+            result = NotebookResult(
+                notebook=nb.name, status=status, seconds=round(seconds, 2),
+                parameters=per_notebook[nb],
+                metrics=json.loads(metrics_file.read_text()) if metrics_file.exists() else {},
+                error=error)
+            record_["notebooks"].append(dataclasses.asdict(result))
+            print(f"[{i}/{len(notebooks)}] {nb.name}: {status} in {seconds:.1f} s", flush=True)
+            if status == "interrupted":
+                record_["status"] = "interrupted"
+                record_["interrupted"] = {"notebook": nb.name, "seconds": round(seconds, 2)}
+                break
+            if status != "ok":
+                print(f"    {error.get('ename')}: {error.get('evalue')} "
+                      f"(cell {error.get('cell_index', '?')}; executed copy: {output})",
+                      file=sys.stderr)
+                record_["status"] = "failed"
+                record_["failed"] = {"notebook": nb.name, **error}
+                break
+            atomic.write_json(run_dir / "run.json", record_)
+        else:
+            record_["status"] = "ok"
+        if record_["status"] == "interrupted":
+            record_["interrupted"]["signal"] = signal.Signals(signals.signum).name
+        record_["ended"] = dt.datetime.now().isoformat(timespec="seconds")
+        record_["seconds"] = round(sum(n["seconds"] for n in record_["notebooks"]), 2)
+        atomic.write_json(run_dir / "run.json", record_)
+    if record_["status"] == "interrupted":
+        raise Interrupted(signals.signum, run_dir, record_)
     return run_dir, record_

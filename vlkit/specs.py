@@ -87,7 +87,9 @@ class ModelSpec:
     None. ``llm_quantization``: load the LLM's linear layers in 4-bit ``"nf4"`` or ``"int8"``
     through bitsandbytes (QLoRA); inserted modules are added after quantising, so they stay in
     full precision. ``max_length``: tokens per example (the processor's cut, visual tokens
-    included).
+    included). ``template``: how conversations become tokens and answer labels: ``"auto"`` (the
+    tokenizer's chat template where it marks assistant turns, else LLaVA's ``vicuna_v1``),
+    ``"tokenizer"``, or a LLaVA template name (:mod:`vlkit.templates`).
     """
 
     backbones: Any = None
@@ -104,6 +106,7 @@ class ModelSpec:
     attention: str = "eager"
     attention_options: dict = field(default_factory=dict)
     max_length: int = 192
+    template: str = "auto"
 
     def __post_init__(self):
         from vlkit.attention import available_attention
@@ -112,6 +115,8 @@ class ModelSpec:
         _known("connector", self.connector, CONNECTORS.names())
         _known("compressor", self.compressor, COMPRESSORS.names())
         _known("attention function", self.attention, available_attention())
+        from vlkit.templates import CHOICES
+        _known("conversation template", self.template, list(CHOICES))
         if self.llm_quantization is not None:
             _known("LLM quantization", self.llm_quantization, list(LLM_QUANTIZATIONS))
         if self.backbones is None and not (self.vision and self.llm):

@@ -84,8 +84,6 @@ def check_tokenizer(tok: PreTrainedTokenizerBase) -> None:
         raise ValueError(f"tokenizer {name!r} has no pad token; set tok.pad_token")
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer {name!r} has no eos token")
-    if not getattr(tok, "chat_template", None):
-        raise ValueError(f"tokenizer {name!r} has no chat_template")
 
 
 def llava_to_messages(conversations: list[dict]) -> list[dict]:

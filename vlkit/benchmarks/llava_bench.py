@@ -311,8 +311,11 @@ class ChatJudge:
     """Judge through a chat endpoint, asked at temperature 0 as LLaVA's judge is (notebook 03).
 
     ``client``: a :class:`vlkit.chat_client.ChatClient` (anything with ``complete(messages,
-    **params) -> reply text or None``). ``n_malformed`` counts replies that gave no scores;
-    those judgements are None.
+    **params) -> reply text or None``). ``n_malformed`` counts replies that gave no scores
+    (including replies the client found out of schema, for which it returns None); those
+    judgements are None. An endpoint that fails or redirects raises the client's
+    :class:`vlkit.chat_client.ChatClientError` (a :class:`vlkit.errors.ServiceError`), which
+    stops the bench rather than scoring every answer as malformed.
     """
 
     def __init__(self, client):

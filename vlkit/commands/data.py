@@ -3,19 +3,19 @@
     vlkit data generate --out DIR --n-images N [--seed S] [--teacher template|chat] [--resolution PX]
     vlkit data from-context FILE --kind conversation|detail|reasoning
     vlkit data stats FILE.json [--json]
+
+Bad input raises :class:`vlkit.errors.UserError` (one line, exit status 2); a chat endpoint
+that fails, redirects or answers out of format raises :class:`vlkit.errors.ServiceError`
+(a :class:`vlkit.chat_client.ChatClientError`; one line, exit status 1). Neither leaves a
+half-written dataset: ``generate`` builds in a temporary sibling folder and renames it into place.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from vlkit.errors import ServiceError, UserError
 from vlkit.teacher import KINDS
-
-
-def _user_error(msg: str) -> Exception:
-    # ValueError: the CLI prints it as one line and exits 2 (also under ``python -m vlkit.cli``,
-    # where vlkit.cli.UserError would be a second, uncaught class).
-    return ValueError(msg)
 
 
 def _chat_kwargs(args) -> dict:
@@ -42,18 +42,20 @@ def cmd_generate(args) -> int:
                           **(_chat_kwargs(args) if args.teacher == "chat" else {}))
     out = Path(args.out)
     if out.exists() and not out.is_dir():
-        raise _user_error(f"{out}: exists and is not a folder")
+        raise UserError(f"{out}: exists and is not a folder")
     if out.is_dir() and any(out.iterdir()) and not args.overwrite:
-        raise _user_error(f"{out}: folder is not empty (use --overwrite to replace it)")
+        raise UserError(f"{out}: folder is not empty (use --overwrite to replace it)")
     teacher = _teacher(args) if args.teacher == "chat" else None
     try:
-        # Built in a temporary sibling and renamed into place: never half-written.
+        # Built in a temporary sibling and renamed into place: never half-written. A failing
+        # endpoint (ChatClientError, a ServiceError) removes the sibling and propagates; an
+        # existing --out folder is replaced only once the new one is complete.
         with atomic.atomic_dir(out) as tmp:
             stats = data.generate_dataset(tmp, cfg, progress=not args.quiet, teacher=teacher)
     except PermissionError:
         raise
     except OSError as e:
-        raise _user_error(f"{out}: cannot write the dataset here ({e})") from None
+        raise UserError(f"{out}: cannot write the dataset here ({e})") from None
     print(f"wrote {out}: {stats['n_images']['train']} train / {stats['n_images']['val']} val / "
           f"{stats['n_images']['test']} test images, {stats['records']} training records "
           f"({stats['n_skipped_malformed']} malformed replies skipped)")
@@ -65,14 +67,23 @@ def cmd_from_context(args) -> int:
     from vlkit.teacher import parse_context
 
     path = Path(args.file)
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
-    text = path.read_text(encoding="utf-8")
+        raise UserError(f"{path}: not a file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read it ({e.strerror or e})") from None
     parse_context(text, source=str(path))  # errors name the file and line
     teacher = _teacher(args)
-    turns = teacher.generate(text, args.kind, key=path.stem)
+    turns = teacher.generate(text, args.kind, key=path.stem)  # ChatClientError propagates
     if turns is None:
-        raise _user_error(f"{path}: the chat teacher's reply was malformed; nothing written")
+        # The endpoint's fault, not the file's: a ServiceError (exit status 1).
+        raise ServiceError(f"{path}: the chat teacher's reply was not in the expected format; "
+                           "nothing written")
     record = {"id": path.stem, "image": args.image or f"{path.stem}.png", "type": args.kind,
               "conversations": with_image_token(turns)}
     print(json.dumps(record, indent=2, ensure_ascii=False))

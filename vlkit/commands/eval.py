@@ -9,11 +9,17 @@ from __future__ import annotations
 import json
 import math
 
+from vlkit.errors import UserError
+
 
 def _scienceqa(args) -> int:
     from vlkit.benchmarks import scienceqa as sqa
     problems = sqa.load_problems(args.problems, check_images=False if args.no_image_check else None)
     preds = sqa.load_predictions(args.predictions, problems)
+    if args.split and preds and not any(problems[pid]["split"] == args.split for pid in preds):
+        theirs = sorted({problems[pid]["split"] for pid in preds})
+        raise UserError(f"{args.predictions}: none of its {len(preds)} predictions is for a problem of split "
+                        f"{args.split!r} (they are for {', '.join(theirs)}); pass --split {theirs[0]}")
     scores = sqa.score(problems, preds, split=args.split)
     if args.json:
         print(json.dumps(scores, indent=2))

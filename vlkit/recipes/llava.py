@@ -166,7 +166,9 @@ class LlavaConfig:
     # --- specs ----------------------------------------------------------------------------------
     def model_spec(self, variant: Variant = MAIN) -> ModelSpec:
         """The VLModel of ``variant``: notebook 02's backbones (or the overrides) + its connector."""
-        return ModelSpec(backbones=self.backbones, vision=self.vision, llm=self.llm, tokenizer=self.tokenizer,
+        tiny = not (self.vision and self.llm)  # both towers given as checkpoints: no tiny backbones are built
+        return ModelSpec(backbones=self.backbones if tiny else None, vision=self.vision, llm=self.llm,
+                         tokenizer=self.tokenizer,
                          connector=variant.connector, attention=self.llm_attention, max_length=self.max_length,
                          llm_quantization="nf4" if variant.recipe == "qlora" else None)
 

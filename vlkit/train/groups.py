@@ -65,6 +65,11 @@ def prepare(model, spec: TrainSpec) -> dict[str, list[torch.nn.Parameter]]:
         p.requires_grad_(train)
         if train:
             chosen[hits[0]].append(p)
+    low = [(n, p.dtype) for n, p in model.named_parameters() if p.requires_grad and p.dtype != torch.float32]
+    if low:
+        raise ValueError(f"trainable parameters must be fp32 master weights (bf16 compute comes from autocast), but "
+                         f"{low[0][0]} is {low[0][1]} ({len(low)} such tensors); load the checkpoint in fp32, as "
+                         "vlkit.build.build_model does")
     empty = [n for n, ps in chosen.items() if not ps]
     if empty:
         raise ValueError(f"parameter group(s) {empty} select no trainable parameter of this model; its parameter "
