@@ -183,3 +183,17 @@ def test_a_text_reading_connector_never_sees_the_answer():
     assert not torch.equal(batch["input_ids"], batch2["input_ids"])  # the answers differ
     torch.testing.assert_close(captured[0], captured[1], rtol=0, atol=0)  # the visual tokens do not
     assert not torch.allclose(captured[0], captured[2])  # while the prompt does reach them
+
+
+def test_prefill_flops_count_quantised_layers_as_their_full_precision_products():
+    from vlkit.eval.efficiency import prefill_flops
+    plain, quantised = T.model().eval(), T.model(llm_quantization="nf4").eval()
+    b = T.processor(plain).prompt(["what color is the image?"], [T.ColorDataset(1)[0]["image"]])
+    b.pop("labels")
+    flops = prefill_flops(plain, b)
+    assert flops > 0 and prefill_flops(quantised, b) == flops
+    halved = T.model().eval()
+    halved.set_token_reduction("test_halve")
+    hb = T.processor(halved).prompt(["what color is the image?"], [T.ColorDataset(1)[0]["image"]])
+    hb.pop("labels")
+    assert prefill_flops(halved, hb) < flops  # fewer visual tokens, fewer FLOPs

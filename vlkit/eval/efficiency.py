@@ -15,14 +15,37 @@ from typing import Callable
 import torch
 
 
+def _quantized_linears(model) -> list[torch.nn.Module]:
+    """bitsandbytes' 4-/8-bit linear layers: their matmuls run in custom ops ``FlopCounterMode`` does not see."""
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+
+
 @torch.no_grad()
 def prefill_flops(model, batch: dict) -> int:
-    """FLOPs of one forward over ``batch`` (the prompt, no generation), counted by PyTorch."""
+    """FLOPs of one forward over ``batch`` (the prompt, no generation), counted by PyTorch.
+
+    A quantised layer computes the same product as the full-precision one (its weights are
+    dequantised on the fly), so it is counted as 2 x in x out per token, as ``FlopCounterMode``
+    counts a plain ``nn.Linear``.
+    """
     from torch.utils.flop_counter import FlopCounterMode
     model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model(**batch)
-    return int(counter.get_total_flops())
+    extra = [0]
+
+    def count(module, inputs, output):
+        extra[0] += 2 * module.in_features * module.out_features * inputs[0].numel() // inputs[0].shape[-1]
+    hooks = [m.register_forward_hook(count) for m in _quantized_linears(model)]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return int(counter.get_total_flops()) + extra[0]
 
 
 @torch.no_grad()

@@ -121,14 +121,16 @@ def evaluate(ev: Evaluation) -> dict:
     Returns ``scienceqa`` (score columns), ``binding`` (accuracy % on the binding subset), with
     ``scienceqa_blind`` / ``binding_blind`` when ``blind``, ``bench`` (relative scores) and
     ``bench_answers`` when ``bench``, ``answers`` / ``answers_blind`` (pid -> text),
-    ``prefill_flops`` and ``latency`` when ``efficiency``, and ``seconds`` (of this evaluation).
+    ``prefill_flops`` and ``latency`` when ``efficiency``, and ``seconds`` (of this evaluation: loading
+    the trained model and answering, not training it).
     """
     from vlkit.benchmarks import llava_bench as lb
-    from vlkit.stages import load_stage
+    from vlkit.stages import load_stage, train_stage
     from vlkit.world.scienceqa import ensure_scienceqa
     spec = ev.spec
 
     def build(tmp: Path) -> None:
+        train_stage(ev.stage, progress=spec.progress)  # training is not part of the evaluation's seconds
         t0 = time.perf_counter()
         model, proc = load_stage(ev.stage, progress=spec.progress)
         ev.switches.apply(model)
