@@ -16,6 +16,7 @@ import _vltiny as T  # noqa: E402
 from vlkit import attention  # noqa: E402
 from vlkit.model import VLModel  # noqa: E402
 
+LAST = {"vision_feature_layer": -1}  # the connector reads the last vision block, so every block may hold an insertion
 ADAPTER = {"name": "test_residual", "towers": ["llm", "vision"], "places": ["attention", "mlp"], "layers": None,
            "options": {"rank": 2}}
 
@@ -26,7 +27,7 @@ def _batch(m, n=2):
 
 
 def test_inserted_modules_sit_in_every_block_start_as_identity_and_change_outputs_once_trained():
-    plain, adapted = T.model().eval(), T.model(insertions=[ADAPTER]).eval()
+    plain, adapted = T.model(**LAST).eval(), T.model(**LAST, insertions=[ADAPTER]).eval()
     n_blocks = 2 + 2  # LLM + vision tower of the tiny model
     assert len(adapted.inserted) == n_blocks * 2
     assert "llm_0_attention" in adapted.inserted and "vision_1_mlp" in adapted.inserted
@@ -50,7 +51,7 @@ def test_vision_insertions_act_inside_the_tower():
 
 
 def test_save_and_reload_round_trip_the_inserted_modules(tmp_path):
-    m = T.model(insertions=[ADAPTER]).eval()
+    m = T.model(**LAST, insertions=[ADAPTER]).eval()
     with torch.no_grad():
         for mod in m.inserted.values():
             mod.up.weight.normal_()
@@ -63,7 +64,7 @@ def test_save_and_reload_round_trip_the_inserted_modules(tmp_path):
 
 def test_reloading_with_missing_or_unexpected_tensors_is_an_error_naming_them(tmp_path):
     import json
-    m = T.model(insertions=[ADAPTER])
+    m = T.model(**LAST, insertions=[ADAPTER])
     m.save_pretrained(tmp_path / "m")
     cfg_path = tmp_path / "m" / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -71,7 +72,7 @@ def test_reloading_with_missing_or_unexpected_tensors_is_an_error_naming_them(tm
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match=r"unexpected tensors.*unexpected inserted\.llm_0_attention"):
         VLModel.from_pretrained(tmp_path / "m")
-    T.model().save_pretrained(tmp_path / "plain")
+    T.model(**LAST).save_pretrained(tmp_path / "plain")
     cfg = json.loads((tmp_path / "plain" / "config.json").read_text())
     cfg["insertions"] = [ADAPTER]  # the config expects tensors the checkpoint lacks
     (tmp_path / "plain" / "config.json").write_text(json.dumps(cfg))
@@ -87,7 +88,7 @@ def test_reloading_with_missing_or_unexpected_tensors_is_an_error_naming_them(tm
 ])
 def test_bad_insertions_are_clear_errors(bad, message):
     with pytest.raises(ValueError, match=message):
-        T.model(insertions=[bad])
+        T.model(**LAST, insertions=[bad])
 
 
 def test_quantised_llm_keeps_full_precision_inserted_modules_that_train():

@@ -208,7 +208,7 @@ def test_config_profiles_and_variants():
     with pytest.raises(ValueError):
         llava.LlavaConfig.for_profile("huge")
     with pytest.raises(ValueError):
-        llava.Variant("bad", recipe="lora")
+        llava.Variant("bad", recipe="dora")
     with pytest.raises(ValueError):
         llava.Variant("bad", types=("poems",))
     smoke = llava.LlavaConfig.for_profile("smoke", stage2_steps=None)

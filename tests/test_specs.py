@@ -160,3 +160,28 @@ def test_a_checkpoint_counts_by_content_not_path(tmp_path, monkeypatch):
 def test_bad_specs_fail_with_the_known_names(make, message):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def test_exactly_these_fields_are_left_out_of_keys():
+    from vlkit.eval.bench import BenchSpec
+    from vlkit.eval.suite import EvalSpec, Evaluation, Switches
+    from vlkit.stages import Stage
+    from vlkit.training_data import Captions, InstructionMix
+    runtime = {cls.__name__: sorted(f.name for f in dataclasses.fields(cls) if not f.metadata.get("key", True))
+               for cls in (ModelSpec, InsertionSpec, TrainSpec, ParamGroup, LoraSpec, Stage, EvalSpec, Evaluation,
+                           Switches, BenchSpec, Captions, InstructionMix)}
+    assert {k: v for k, v in runtime.items() if v} == {"TrainSpec": ["log_every", "num_workers", "progress"],
+                                                        "Stage": ["label", "profile"], "EvalSpec": ["progress"]}
+    checkpoints = sorted(f.name for f in dataclasses.fields(ModelSpec) if f.metadata.get("checkpoint"))
+    assert checkpoints == ["llm", "tokenizer", "vision"]
+
+
+def test_two_specs_of_the_same_shape_but_other_kinds_have_other_keys():
+    @dataclasses.dataclass(frozen=True)
+    class A:
+        data: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class B:
+        data: int = 1
+    assert spec_key(A()) != spec_key(B()) and spec_key(A()) == spec_key(A())

@@ -75,10 +75,11 @@ def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Non
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, keep_existing: bool = False) -> Iterator[Path]:
     """Build a folder in a temporary sibling; rename it onto ``path`` on clean exit.
 
-    An existing ``path`` is replaced only after the new one is complete.
+    An existing ``path`` is replaced only after the new one is complete; with ``keep_existing`` it is
+    kept and the new one discarded (a cache entry another process finished first wins).
     """
     path = Path(path)
     _check_parent(path)
@@ -86,9 +87,11 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+        if path.exists() and keep_existing:
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif path.exists():
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent))
+            os.rmdir(old)  # a unique name for the replaced folder, swept like any temporary if we die here
             os.replace(path, old)
             os.replace(tmp, path)
             shutil.rmtree(old, ignore_errors=True)

@@ -7,6 +7,7 @@ name as a checkpoint; a checkpoint is loaded by name or path on the same code pa
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from vlkit.specs import ModelSpec
@@ -34,7 +35,7 @@ def backbone_paths(spec: ModelSpec, progress: bool = True) -> BackbonePaths:
 
 
 def load_tokenizer(path: str):
-    """The tokenizer, checked to have ``<image>``, pad/eos and a chat template (notebook 03)."""
+    """The tokenizer, checked to have a single ``<image>`` token, pad and eos (notebook 03)."""
     from transformers import AutoTokenizer
 
     from vlkit.tokenizer import check_tokenizer
@@ -61,8 +62,9 @@ def build_model(spec: ModelSpec, seed: int = 0, progress: bool = True):
     tok = load_tokenizer(paths.tokenizer)
     set_seed(seed)
     quant = quantization_config(spec.llm_quantization) if spec.llm_quantization else None
-    vision = build_vision_tower(paths.vision)
-    llm = build_llm(paths.llm, quantization_config=quant)
+    with _loading_bars(progress):
+        vision = build_vision_tower(paths.vision)
+        llm = build_llm(paths.llm, quantization_config=quant)
     model = VLModel.from_backbones(
         vision, llm, tok, connector=spec.connector, connector_kwargs=spec.connector_options,
         compressor=spec.compressor, compressor_kwargs=spec.compressor_options,
@@ -73,6 +75,22 @@ def build_model(spec: ModelSpec, seed: int = 0, progress: bool = True):
     return model, proc
 
 
+@contextlib.contextmanager
+def _loading_bars(show: bool):
+    """transformers' "Loading weights" bars only when progress is wanted (a notebook loads dozens of models)."""
+    from transformers.utils import logging
+    was = logging.is_progress_bar_enabled()
+    if not show:
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
 def _insertion_dict(spec) -> dict:
+    from vlkit.insertions import INSERTIONS
     return {"name": spec.name, "towers": list(spec.towers), "places": list(spec.places),
-            "layers": None if spec.layers is None else list(spec.layers), "options": dict(spec.options)}
+            "layers": None if spec.layers is None else list(spec.layers), "options": dict(spec.options),
+            "module": INSERTIONS.module_of(spec.name)}

@@ -28,12 +28,13 @@ def key_dict(obj: Any) -> Any:
 
     ``dataclasses.asdict``, recursively, except that fields declared with
     :func:`vlkit.specs.runtime` (``metadata={"key": False}``) are left out and fields declared with
-    :func:`vlkit.specs.checkpoint` are replaced by their files' content fingerprint
+    :func:`vlkit.specs.checkpoint` are replaced by their files' content fingerprint, and each dataclass
+    says its class
     (:func:`vlkit.fingerprint.fingerprint`), so a retrained checkpoint at the same path changes the
     key and a moved one does not. Never a hand-listed set of fields.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        out = {}
+        out = {"__type__": type(obj).__qualname__}  # two specs of the same shape but other kinds differ
         for f in dataclasses.fields(obj):
             if not f.metadata.get("key", True):
                 continue
@@ -83,7 +84,7 @@ def cached(root: str | Path, name: str, config: Any, build: Callable[[Path], Non
     path = cache_path(root, name, config, key)
     if is_cached(path):
         return path
-    with atomic.atomic_dir(path) as tmp:
+    with atomic.atomic_dir(path, keep_existing=True) as tmp:  # another process finished first: its copy wins
         BUILDS[name] += 1
         build(tmp)
         atomic.write_json(tmp / "config.json", key_dict(config))

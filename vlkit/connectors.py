@@ -44,17 +44,19 @@ class Connector(nn.Module):
     """Base class: reads one encoder layer's patch states (LLaVA's choice, notebook 03).
 
     ``feature_layer`` indexes ``hidden_states`` (-2 = penultimate layer, as LLaVA);
-    ``keep_cls`` keeps the [cls] token when the tower has one (``has_cls``).
+    ``keep_cls`` keeps the [cls] token when the tower has one (``has_cls``); ``num_layers`` is the
+    tower's depth (``hidden_states`` holds ``num_layers + 1`` entries, the embeddings first).
     """
 
     name = "base"
     uses_text = False
 
     def __init__(self, vision_hidden: int, text_hidden: int, feature_layer: int = -2,
-                 keep_cls: bool = False, has_cls: bool = True):
+                 keep_cls: bool = False, has_cls: bool = True, num_layers: int | None = None):
         super().__init__()
         self.vision_hidden, self.text_hidden = vision_hidden, text_hidden
         self.feature_layer, self.keep_cls, self.has_cls = feature_layer, keep_cls, has_cls
+        self.num_layers = num_layers
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -95,3 +97,36 @@ class MLPConnector(Connector):
 
     def forward(self, hidden_states, text_embeds=None, text_mask=None) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(self.features(hidden_states))))
+
+
+@register_connector("cls_every_k")
+class ClsEveryK(Connector):
+    """The [cls] token after every ``k``-th tower layer, through a small MLP "visual neck" (notebook 04).
+
+    LaVIN / the Bottleneck Adapter paper (2407.17813) read the [cls] token after layers 4, 8, ..., 24
+    of a 24-layer ViT (6 visual tokens) and map them with a neck ``dim -> neck -> LLM width`` (SiLU,
+    as LaVIN), instead of projecting every patch. ``neck=128`` as the paper.
+    """
+
+    def __init__(self, vision_hidden: int, text_hidden: int, k: int = 4, neck: int = 128, **kwargs):
+        super().__init__(vision_hidden, text_hidden, **kwargs)
+        if not self.has_cls:
+            raise ValueError("connector cls_every_k reads [cls] tokens, but this vision tower has no [cls] token")
+        if self.num_layers is None:
+            raise ValueError("connector cls_every_k needs the tower's depth (num_layers)")
+        if not 1 <= k <= self.num_layers:
+            raise ValueError(f"connector cls_every_k: k={k} must be between 1 and the tower's depth {self.num_layers}")
+        if neck < 1:
+            raise ValueError(f"connector cls_every_k: neck={neck} must be >= 1")
+        self.k = k
+        self.neck = nn.Sequential(nn.Linear(vision_hidden, neck), nn.SiLU(), nn.Linear(neck, text_hidden))
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(range(self.k, self.num_layers + 1, self.k))
+
+    def num_tokens(self, num_patches: int) -> int:
+        return len(self.layers)
+
+    def forward(self, hidden_states, text_embeds=None, text_mask=None) -> torch.Tensor:
+        return self.neck(torch.stack([hidden_states[i][:, 0] for i in self.layers], 1))

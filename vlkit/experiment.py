@@ -80,3 +80,20 @@ def describe(rows: list[Row]) -> list[str]:
         ev = row.evaluation
         lines.append(f"  eval  {row.name + f' (seed {row.seed})':<40} {'cached' if ev.is_done() else 'to evaluate'}")
     return lines
+
+
+def correct_matrix(outcomes: list[Outcome], name: str, subset: dict[str, dict] | None = None):
+    """``[seeds, problems]`` 1/0 correctness of the rows called ``name``, the problems in one order
+    (all test problems, or ``subset``), for :func:`vlkit.stats.paired_bootstrap` (notebooks 04-08)."""
+    import numpy as np
+
+    from vlkit.benchmarks import scienceqa as sqa
+    from vlkit.eval.scienceqa import correctness
+    from vlkit.world.scienceqa import ensure_scienceqa
+    chosen = sorted((o for o in outcomes if o.row.name == name), key=lambda o: o.row.seed)
+    if not chosen:
+        raise ValueError(f"no outcome of a row called {name!r}")
+    spec = chosen[0].row.evaluation.spec
+    problems = subset or sqa.select(sqa.load_problems(ensure_scienceqa(spec.scienceqa)), split=spec.split)
+    rows = [correctness(problems, o.raw["answers"]) for o in chosen]
+    return np.array([[right[pid] for pid in problems] for right in rows], float)

@@ -62,7 +62,7 @@ def file_hash(path: Path) -> str:
 def fingerprint(name_or_path: str | os.PathLike) -> dict:
     """``{"sha256": ...}`` over a local checkpoint's files (a folder, recursively, or one file);
     ``{"name": ...}`` for a hub name that is not a local path (its content cannot be seen here)."""
-    path = Path(name_or_path)
+    path = Path(os.path.expanduser(str(name_or_path)))  # as the loaders read it
     if not path.exists():
         return {"name": str(name_or_path)}
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]

@@ -15,6 +15,7 @@ stay in full precision and train under any recipe (the ``insertions`` parameter 
 """
 from __future__ import annotations
 
+import importlib
 from typing import Iterable
 
 from torch import nn
@@ -32,10 +33,9 @@ def blocks(model, tower: str) -> nn.ModuleList:
     """The transformer blocks of ``model``'s ``"llm"`` or ``"vision"`` tower (notebook 04)."""
     root = model.language_model if tower == "llm" else model.vision_tower
     for m in root.modules():
-        for attr in ("layers",):
-            layers = getattr(m, attr, None)
-            if isinstance(layers, nn.ModuleList) and len(layers) and _norm_of(layers[0], "attention", strict=False):
-                return layers
+        layers = getattr(m, "layers", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) and _norm_of(layers[0], "attention", strict=False):
+            return layers
     raise ValueError(f"the {tower} tower ({type(root).__name__}) has no list of transformer blocks with a "
                      f"known input norm ({', '.join(PLACES['attention'])}); insertions cannot be placed in it")
 
@@ -63,13 +63,16 @@ def key(tower: str, layer: int, place: str) -> str:
 def apply_insertions(model, specs: Iterable[dict]) -> None:
     """Build the inserted modules of ``specs`` (``VLConfig.insertions``) and hook them into ``model``.
 
-    Each spec is ``{"name", "towers", "places", "layers", "options"}`` (:class:`vlkit.specs.InsertionSpec`
-    as a dict). Raises a clear error for an unknown name, tower, place or layer index, before
-    any module is built.
+    Each spec is ``{"name", "towers", "places", "layers", "options", "module"}`` (:class:`vlkit.specs.InsertionSpec`
+    as a dict, and the module that registers the name, imported first: a saved model reloads in a fresh
+    process). Raises a clear error for an unknown name, tower, place or layer index, before any module
+    is built.
     """
     plan = []
     for spec in specs:
         name, options = spec["name"], dict(spec.get("options") or {})
+        if spec.get("module") and name not in INSERTIONS.names():
+            importlib.import_module(spec["module"])
         if name not in INSERTIONS.names():
             raise ValueError(f"unknown insertion {name!r}; known insertions: {', '.join(INSERTIONS.names())}")
         for tower in spec.get("towers") or ("llm",):
@@ -81,6 +84,13 @@ def apply_insertions(model, specs: Iterable[dict]) -> None:
             bad = [i for i in indices if not 0 <= i < len(layers)]
             if bad:
                 raise ValueError(f"insertion {name!r}: the {tower} tower has {len(layers)} blocks, no block {bad}")
+            if tower == "vision":  # block i makes hidden state i + 1: later blocks never reach the connector
+                last = max(k % (len(layers) + 1) for k in model.connector.layers)
+                unread = [i for i in indices if i + 1 > last]
+                if unread:
+                    raise ValueError(f"insertion {name!r}: vision blocks {unread} come after the last layer the "
+                                     f"connector reads (hidden state {last}); they would train nothing. Give "
+                                     f"layers={list(range(last))}")
             for i in indices:
                 for place in spec.get("places") or ("attention",):
                     if place not in PLACES:

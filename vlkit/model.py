@@ -103,7 +103,7 @@ class VLModel(PreTrainedModel, GenerationMixin):
         self.connector = build_connector(
             config.connector, vcfg.hidden_size, tcfg.hidden_size,
             feature_layer=config.vision_feature_layer, keep_cls=config.keep_cls, has_cls=self.has_cls,
-            **config.connector_kwargs)
+            num_layers=vcfg.num_hidden_layers, **config.connector_kwargs)
         self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
         self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
         self.inserted = nn.ModuleDict()

@@ -46,7 +46,19 @@ def notebook_03(p: dict) -> list[str]:
     return lines + experiment.describe(rows)
 
 
-PLANS: dict[str, Callable[[dict], list[str]]] = {"01": notebook_01, "02": notebook_02, "03": notebook_03}
+def notebook_04(p: dict) -> list[str]:
+    from vlkit import experiment
+    from vlkit.recipes import bottleneck
+    cfg, sweep, rows = bottleneck.from_parameters(**p)
+    return (["  (learning-rate sweep, validation split)"] + experiment.describe(sweep)
+            + ["  (rows at the sweep's best learning rates)"] + experiment.describe(rows)
+            + ["  (notebook 03's rows, and a 16-bit LoRA row in its setting)"]
+            + experiment.describe(bottleneck.notebook03_rows(cfg, list(p.get("train_seeds", [0])))
+                                  + bottleneck.lora16_rows(cfg, list(p.get("train_seeds", [0]))[0])))
+
+
+PLANS: dict[str, Callable[[dict], list[str]]] = {"01": notebook_01, "02": notebook_02, "03": notebook_03,
+                                                 "04": notebook_04}
 
 
 def describe(notebook: str, parameters: dict) -> list[str]:

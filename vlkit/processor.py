@@ -94,7 +94,8 @@ class VLProcessor:
                 return_assistant_tokens_mask=not add_generation_prompt)
             ids = list(enc["input_ids"])
             return ids, list(enc.get("assistant_masks") or [0] * len(ids))
-        text, spans = templates.template(self.template).render(messages, add_generation_prompt)
+        text, spans = templates.template(self.template).render(messages, add_generation_prompt,
+                                                               eos=self.tokenizer.eos_token)
         enc = self.tokenizer(text, add_special_tokens=True, return_offsets_mapping=True)
         # a token is an answer token when its characters overlap an answer span (byte-level BPE puts the
         # space before the answer's first word into that word's token)

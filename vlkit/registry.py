@@ -31,8 +31,16 @@ class Registry:
     def names(self) -> list[str]:
         return sorted(self._classes)
 
-    def build(self, name: str, *args, **kwargs):
-        """An instance of the class registered as ``name``; an unknown name lists the known ones."""
+    def module_of(self, name: str) -> str:
+        """The module that registered ``name``: saved with a model so that it reloads in a fresh process."""
+        self.build_check(name)
+        return self._classes[name].__module__
+
+    def build_check(self, name: str) -> None:
         if name not in self._classes:
             raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}")
+
+    def build(self, name: str, *args, **kwargs):
+        """An instance of the class registered as ``name``; an unknown name lists the known ones."""
+        self.build_check(name)
         return self._classes[name](*args, **kwargs)

@@ -7,7 +7,7 @@ run and the report (notebook 08) reads files instead of metric names rebuilt fro
 
 A result holds: the specs that produced it, the training seed, every metric with its baselines,
 training seconds and seconds per step, peak training memory with the method that measured it,
-trainable and total parameters, weight bytes, prefill FLOPs, latency (with its in-process
+trainable (what the stages trained, each tensor once) and total parameters, weight bytes, prefill FLOPs, latency (with its in-process
 reference, when one was measured), the machine, and the predictions file.
 """
 from __future__ import annotations
@@ -54,6 +54,9 @@ def from_evaluation(notebook: str, variant: str, evaluation, raw: dict, baseline
                  "memory_method": i["memory_method"], "examples": i["examples"]}
                 for s, i in zip(stage.chain, stage_infos, strict=True)]
     last = stage_infos[-1]["parameters"]
+    # what the whole chain trained, each tensor once (LLaVA's connector trains in both of its stages; a
+    # modular recipe's first phase trains what its second does not)
+    trained = {name: nb for info in stage_infos for name, nb in info["trained"].items()}
     return {
         "schema": SCHEMA, "notebook": notebook, "variant": variant, "train_seed": stage.train.seed,
         "profile": stage.profile,
@@ -63,8 +66,8 @@ def from_evaluation(notebook: str, variant: str, evaluation, raw: dict, baseline
         "training": {"seconds": sum(t["seconds"] for t in training),
                      "seconds_per_step": training[-1]["seconds_per_step"], "stages": training},
         "evaluation_seconds": raw.get("seconds"),
-        "parameters": {"trainable": last["trainable"], "total": last["total"]},
-        "weight_bytes": {"trained": sum(i["parameters"]["trained_bytes"] for i in stage_infos),
+        "parameters": {"trainable": sum(n for n, _ in trained.values()), "total": last["total"]},
+        "weight_bytes": {"trained": sum(b for _, b in trained.values()),
                          "llm": last["llm_bytes"], "model": last["model_bytes"]},
         "prefill_flops": raw.get("prefill_flops"), "latency": raw.get("latency"),
         "machine": machine_info(), "predictions": None,

@@ -216,9 +216,8 @@ class TrainSpec:
         if self.length_bucket < 0:
             raise ValueError(f"length_bucket is a bucket width >= 0 (0: off), got {self.length_bucket}")
         _known("mixed precision", self.mixed_precision, list(PRECISIONS))
-        if self.mixed_precision == "auto":
-            from vlkit.train.hardware import bf16_is_native
-            _freeze(self, "mixed_precision", "bf16" if bf16_is_native() else "no")
+        from vlkit.train.hardware import resolve_precision
+        _freeze(self, "mixed_precision", resolve_precision(self.mixed_precision))
         if ("lora" in names) != (self.lora is not None):
             raise ValueError("a 'lora' parameter group and a LoraSpec go together: give both or neither")
 

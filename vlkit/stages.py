@@ -121,8 +121,22 @@ def load_stage(stage: Stage, progress: bool = True):
 
 
 def stage_info(stage: Stage, progress: bool = True) -> dict:
-    """``losses.json`` and ``parameters.json`` of a trained stage, in one dict (notebook 03)."""
+    """``losses.json`` and ``parameters.json`` of a trained stage, in one dict, and ``trained``: each trained
+    tensor's ``[elements, bytes]`` (read from the file's header) (notebook 03)."""
+    from safetensors import safe_open
     path = train_stage(stage, progress)
     info = json.loads((path / "losses.json").read_text())
     info["parameters"] = json.loads((path / "parameters.json").read_text())
+    with safe_open(str(path / "trainable.safetensors"), "pt") as f:
+        trained = {}
+        for name in f.keys():
+            t = f.get_slice(name)
+            n = 1
+            for d in t.get_shape():
+                n *= d
+            trained[name] = [n, n * _DTYPE_BYTES[t.get_dtype()]]
+    info["trained"] = trained
     return info
+
+
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -24,14 +24,15 @@ class ConversationTemplate:
     system: str
     roles: tuple[str, str] = ("USER", "ASSISTANT")
     sep: str = " "
-    sep2: str = "</s>"
 
-    def render(self, messages: list[dict], add_generation_prompt: bool = False) -> tuple[str, list[tuple[int, int]]]:
+    def render(self, messages: list[dict], add_generation_prompt: bool = False,
+               eos: str = "</s>") -> tuple[str, list[tuple[int, int]]]:
         """``(text, answer_spans)`` for chat messages ``[{"role": "user"|"assistant", "content"}]``.
 
-        Each answer span covers the assistant's content and the ``sep2`` closing it (the model learns
-        to stop), as LLaVA's ``preprocess_v1`` labels them; with ``add_generation_prompt`` the text ends
-        in ``"ASSISTANT:"``, LLaVA's generation prompt.
+        Each answer span covers the assistant's content and the end-of-sequence token closing it
+        (LLaVA's ``sep2``; pass the tokenizer's own ``eos`` so it is one token the model learns to stop
+        on), as LLaVA's ``preprocess_v1`` labels them; with ``add_generation_prompt`` the text ends in
+        ``"ASSISTANT:"``, LLaVA's generation prompt.
         """
         text, spans = self.system + self.sep if self.system else "", []
         for m in messages:
@@ -40,7 +41,7 @@ class ConversationTemplate:
             elif m["role"] == "assistant":
                 text += f"{self.roles[1]}: "
                 start = len(text)
-                text += m["content"] + self.sep2
+                text += m["content"] + eos
                 spans.append((start, len(text)))
             else:
                 raise ValueError(f"unknown chat role {m['role']!r}; use user or assistant")

@@ -1,6 +1,6 @@
 """Training data specs: what a stage trains on, as a dataclass that builds its dataset (notebooks 03-08).
 
-A stage's data is any dataclass with ``dataset(workdir) -> torch Dataset`` of LLaVA examples
+A stage's data is any dataclass with ``dataset(workdir, progress=True) -> torch Dataset`` of LLaVA examples
 (:class:`vlkit.llava_dataset.LlavaDataset` items); its fields are part of the stage's cache key.
 The two here are LLaVA's: :class:`Captions` (stage 1) and :class:`InstructionMix` (stage 2:
 notebook 01's instruction data plus the ScienceQA-format train split), which notebooks 04-07

@@ -25,13 +25,13 @@ from typing import Any
 from vlkit import world as W
 from vlkit.backbones.checkpoints import build_llm, build_vision_tower, image_processor
 from vlkit.backbones.clip import train_clip, vision_from_clip
-from vlkit.backbones.llm import (CORPUS_FORMAT, corpus_ids, corpus_texts, pack, perplexity, scene_as_text,
-                                 text_corpus, train_llm)
+from vlkit.backbones.llm import (CORPUS_FORMAT, corpus_ids, corpus_texts, heldout_blocks, pack, perplexity,
+                                 scene_as_text, text_corpus, train_llm)
 from vlkit.backbones.probes import attribute_probe, context_lookup, retrieval
 
 __all__ = ["PROFILES", "BackboneConfig", "build_backbones", "ensure_backbones", "load_metrics",
            "CORPUS_FORMAT", "build_llm", "build_vision_tower", "image_processor", "text_corpus", "scene_as_text",
-           "corpus_ids", "pack", "perplexity", "attribute_probe", "retrieval", "context_lookup"]
+           "corpus_ids", "heldout_blocks", "pack", "perplexity", "attribute_probe", "retrieval", "context_lookup"]
 
 PROFILES = ("smoke", "full")
 
@@ -140,7 +140,6 @@ def build_backbones(cfg: BackboneConfig, out: Path, progress: bool = True) -> di
     seconds = {}
     t = time.perf_counter()
     train_text = text_corpus(cfg, cfg.text_scenes, stream=11)
-    val_text = text_corpus(cfg, cfg.text_val_scenes, stream=12)
     tok = train_tokenizer(corpus_texts(train_text), vocab_size=cfg.vocab_size)
     tok.save_pretrained(out / "tokenizer")
     seconds["tokenizer"] = time.perf_counter() - t
@@ -161,7 +160,7 @@ def build_backbones(cfg: BackboneConfig, out: Path, progress: bool = True) -> di
 
     t = time.perf_counter()
     train_blocks = pack(corpus_ids(train_text, tok), cfg.llm_block)
-    val_blocks = pack(corpus_ids(val_text, tok), cfg.llm_block)
+    val_blocks = heldout_blocks(cfg, tok)
     llm, llm_history = train_llm(cfg, tok, train_blocks, progress=progress)
     seconds["llm"] = time.perf_counter() - t
     llm.save_pretrained(out / "llm")

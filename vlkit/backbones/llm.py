@@ -170,3 +170,12 @@ def perplexity(llm, blocks: torch.Tensor, batch_size: int = 32) -> float:
         nll += F.cross_entropy(logits.flatten(0, 1), x[:, 1:].flatten(), reduction="sum").item()
         n += x[:, 1:].numel()
     return math.exp(nll / n)
+
+
+HELDOUT_STREAM = 12  # the scene stream of the held-out text; training text is stream 11
+
+
+def heldout_blocks(cfg, tokenizer) -> torch.Tensor:
+    """Notebook 02's held-out text (``cfg.text_val_scenes`` scenes never trained on), packed like training
+    text: the blocks its perplexity is measured on (notebooks 02, 04)."""
+    return pack(corpus_ids(text_corpus(cfg, cfg.text_val_scenes, stream=HELDOUT_STREAM), tokenizer), cfg.llm_block)

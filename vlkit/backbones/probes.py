@@ -42,6 +42,20 @@ def patch_tokens(vision, pixel_values: torch.Tensor, layer: int = -2, batch_size
     return torch.cat(out)
 
 
+@torch.no_grad()
+def cls_tokens(vision, pixel_values: torch.Tensor, layers: tuple[int, ...], batch_size: int = 256) -> torch.Tensor:
+    """``[N, len(layers), D]``: the [cls] token after each of ``layers`` (hidden-state indices) (notebook 04).
+
+    What the Bottleneck Adapter's ``cls_every_k`` connector reads instead of the patch tokens.
+    """
+    vision.eval()
+    out = []
+    for i in range(0, len(pixel_values), batch_size):
+        hs = vision(pixel_values=pixel_values[i: i + batch_size], output_hidden_states=True).hidden_states
+        out.append(torch.stack([hs[k][:, 0] for k in layers], 1).float())
+    return torch.cat(out)
+
+
 class QueryProbe(nn.Module):
     """Attentive probe: per question group a learned query attends over the tokens, then linear.
 
@@ -105,7 +119,7 @@ def probe_items(scenes: list) -> list[tuple[int, str, str]]:
 
 
 def attribute_probe(vision, cfg: BackboneConfig, layer: int = -2, processor=None,
-                    min_objects: int = 2) -> dict:
+                    min_objects: int = 2, tokens: Callable | None = None) -> dict:
     """Probe: "what colour is the <shape>?" from the tower's patch tokens (notebook 02).
 
     The question the issue sets for the vision tower: does it bind colours to shapes? On
@@ -115,6 +129,8 @@ def attribute_probe(vision, cfg: BackboneConfig, layer: int = -2, processor=None
     A tower that only knew *which* colours and shapes are present could do no better than
     guess among the scene's colours: that baseline (``chance_present``), uniform chance and
     a linear probe on mean-pooled tokens (``mean_pool_accuracy``) are reported beside it.
+    ``tokens(vision, pixel_values) -> [N, P, D]`` probes other tokens than the patches of ``layer``
+    (notebook 04: the [cls] tokens a ``cls_every_k`` connector reads, :func:`cls_tokens`).
     """
     world = dataclasses.replace(cfg.world, min_objects=max(cfg.world.min_objects, min_objects))
     res = world.resolution
@@ -127,7 +143,7 @@ def attribute_probe(vision, cfg: BackboneConfig, layer: int = -2, processor=None
             pv = processor(images=images, return_tensors="pt")["pixel_values"]
         else:
             pv = pixels(images, vision.config.image_size)
-        return patch_tokens(vision, pv, layer=layer)
+        return patch_tokens(vision, pv, layer=layer) if tokens is None else tokens(vision, pv)
 
     shapes, colors = list(world.shapes), list(world.colors)
 

@@ -49,16 +49,6 @@ def prefill_flops(model, batch: dict) -> int:
 
 
 @torch.no_grad()
-def _median_ms(model, batch: dict, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        model(**batch)
-        times.append(1000 * (time.perf_counter() - t))
-    return statistics.median(times)
-
-
-@torch.no_grad()
 def prefill_latency(model, batch: dict, reference: Callable[[], object] | None = None, reference_name: str | None = None,
                     repeats: int = 7, warmup: int = 2) -> dict:
     """Median prefill milliseconds of ``model`` on ``batch``, and of ``reference()`` interleaved with it.
@@ -74,7 +64,9 @@ def prefill_latency(model, batch: dict, reference: Callable[[], object] | None =
             reference()
     ours, ref = [], []
     for _ in range(repeats):
-        ours.append(_median_ms(model, batch, 1))
+        t = time.perf_counter()
+        model(**batch)
+        ours.append(1000 * (time.perf_counter() - t))
         if reference is not None:
             t = time.perf_counter()
             reference()

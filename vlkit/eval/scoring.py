@@ -75,7 +75,7 @@ def choice_scores(model, processor, problems: dict[str, dict], root: str | Path,
     every choice, so it runs once per problem; its KV cache is then copied to one row per
     choice and only the answers run on top of it, at the positions they have in the whole
     conversation. The scores equal scoring each whole conversation on its own (a test pins
-    it), 2.6x faster (``benchmarks/bench_choice_scoring.py``); and a text-reading connector
+    it), and faster by the share of the tokens the options share (``benchmarks/bench_choice_scoring.py``); and a text-reading connector
     sees the prompt only, as when the model generates.
     """
     model.eval()

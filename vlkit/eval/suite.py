@@ -78,9 +78,8 @@ class EvalSpec:
             raise ValueError(f"unknown split {self.split!r}; use one of {', '.join(sqa.SPLITS)}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
-        if self.mixed_precision == "auto":
-            from vlkit.train.hardware import bf16_is_native
-            object.__setattr__(self, "mixed_precision", "bf16" if bf16_is_native() else "no")
+        from vlkit.train.hardware import resolve_precision
+        object.__setattr__(self, "mixed_precision", resolve_precision(self.mixed_precision))
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,38 @@ def relative_table(results: list[dict]) -> pd.DataFrame:
         if r["variant"] not in rows and r["metrics"].get("Rel. score"):
             rows[r["variant"]] = {t: r["metrics"]["Rel. score"].get(t, {}).get("relative") for t in types}
     return pd.DataFrame.from_dict(rows, orient="index").reindex(columns=types).astype(float).round(1)
+
+
+def efficiency_table(results: list[dict]) -> pd.DataFrame:
+    """What each row costs and buys, one row per variant (its first training seed) (notebook 04).
+
+    Trainable parameters (and % of all), training seconds per step, peak training memory of the last
+    stage (the method is in each result's ``training.stages[].memory_method``), bytes of the trained
+    tensors, and ScienceQA Avg / IMG / TXT / NO / binding.
+    """
+    rows = {}
+    for r in results:
+        if r["variant"] in rows:
+            continue
+        p, last = r["parameters"], r["training"]["stages"][-1]
+        sq = r["metrics"]["ScienceQA"]
+        rows[r["variant"]] = {
+            "trainable": p["trainable"], "% of all": 100 * p["trainable"] / p["total"],
+            "ms / step": 1000 * r["training"]["seconds_per_step"],
+            "peak MiB": None if last["peak_memory_bytes"] is None else last["peak_memory_bytes"] / 2 ** 20,
+            "trained KiB": r["weight_bytes"]["trained"] / 2 ** 10,
+            **{c: sq[c] for c in ("Avg", "IMG", "TXT", "NO")}, "Binding": r["metrics"]["Binding"]}
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).round(2)
+
+
+def category_table(results: list[dict], cells: dict[str, tuple], columns=("NAT", "SOC", "LAN", "TXT", "IMG", "NO")
+                   ) -> pd.DataFrame:
+    """Per-context-category accuracy of the variants in ``cells`` (variant -> a cell, e.g. (rank, groups)),
+    first training seed, long format: one row per (cell, category) (notebook 04)."""
+    out = []
+    for r in results:
+        if r["variant"] in cells and not any(o["variant"] == r["variant"] for o in out):
+            for c in columns:
+                out.append({"variant": r["variant"], "cell": cells[r["variant"]], "category": c,
+                            "accuracy": r["metrics"]["ScienceQA"][c]})
+    return pd.DataFrame(out)

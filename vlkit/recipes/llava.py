@@ -30,7 +30,7 @@ from vlkit.training_data import ANSWER_STYLES, Captions, InstructionMix
 from vlkit.world.scienceqa import ScienceQAConfig
 
 NOTEBOOK = "03"
-RECIPES = ("full", "qlora")
+RECIPES = ("full", "lora", "qlora")
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,8 @@ class Variant:
 
     ``connector``: registry name; ``stage1``: start stage 2 from the stage-1 connector (False =
     a freshly initialised one, LLaVA's "no pretraining" ablation); ``types``: the instruction
-    types of stage 2; ``recipe``: ``"full"`` (connector + the whole LLM) or ``"qlora"`` (4-bit nf4
-    LLM + LoRA adapters + connector).
+    types of stage 2; ``recipe``: ``"full"`` (connector + the whole LLM), ``"lora"`` (LoRA adapters on
+    the fp32 LLM + connector) or ``"qlora"`` (the same on a 4-bit nf4 LLM).
     """
 
     name: str
@@ -136,9 +136,8 @@ class LlavaConfig:
             raise ValueError(f"sqa_eval must be 'likelihood' or 'generate', got {self.sqa_eval!r}")
         if self.mixed_precision not in PRECISIONS:
             raise ValueError(f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}")
-        if self.mixed_precision == "auto":
-            from vlkit.train.hardware import bf16_is_native
-            self.mixed_precision = "bf16" if bf16_is_native() else "no"
+        from vlkit.train.hardware import resolve_precision
+        self.mixed_precision = resolve_precision(self.mixed_precision)
         self.data = self.data or DataConfig.for_profile(self.profile, seed=self.seed)
         self.backbones = self.backbones or BackboneConfig.for_profile(self.profile, seed=self.seed)
         self.scienceqa = self.scienceqa or ScienceQAConfig.for_profile(
@@ -192,7 +191,7 @@ class LlavaConfig:
 
     def stage2(self, variant: Variant = MAIN, seed: int = 0) -> Stage:
         """Stage 2 of ``variant`` at training seed ``seed``, from its stage 1 at the same seed."""
-        if variant.recipe == "qlora":
+        if variant.recipe in ("lora", "qlora"):
             groups = (ParamGroup("connector", self.stage2_lr_connector), ParamGroup("lora", self.lr_lora))
             lora = LoraSpec(r=self.lora_r, alpha=2 * self.lora_r)
         else:

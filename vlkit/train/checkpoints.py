@@ -33,7 +33,10 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, spec, kee
         trainable = {n: p.detach().cpu().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trainable, tmp / "trainable.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        save_file({"torch_rng": torch.get_rng_state()}, tmp / "rng.safetensors")
+        rng = {"torch_rng": torch.get_rng_state()}
+        if torch.cuda.is_available():  # dropout on a GPU draws from the CUDA generators
+            rng.update({f"cuda_rng_{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+        save_file(rng, tmp / "rng.safetensors")
         np_state = np.random.get_state()
         atomic.write_json(tmp / "state.json", {
             "step": step, "scheduler": scheduler.state_dict(), "spec": key_dict(spec),
@@ -84,7 +87,11 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(torch.load(Path(path) / "optimizer.pt", map_location="cpu", weights_only=True))
     state = json.loads((Path(path) / "state.json").read_text())
     scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(load_file(Path(path) / "rng.safetensors")["torch_rng"])
+    rng = load_file(Path(path) / "rng.safetensors")
+    torch.set_rng_state(rng["torch_rng"])
+    cuda = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda_rng_")), key=lambda k: int(k[9:]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
     v, s, g = state["python_rng"]
     random.setstate((v, tuple(s), g))
     np.random.set_state((state["numpy_rng"][0], np.array(state["numpy_rng"][1], dtype=np.uint32),

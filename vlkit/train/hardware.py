@@ -29,6 +29,18 @@ def bf16_is_native(device: str | torch.device = "cpu") -> bool:
         return False
 
 
+def training_device() -> str:
+    """Where training and evaluation run: ``"cuda"`` when a GPU is visible (accelerate picks it), else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """``"auto"`` -> ``"bf16"`` where the training device computes bf16 natively, else ``"no"``."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if bf16_is_native(training_device()) else "no"
+
+
 def cpu_model() -> str:
     """The CPU's marketing name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:

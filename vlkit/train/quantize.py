@@ -12,7 +12,8 @@ def quantization_config(kind: str):
     """The ``BitsAndBytesConfig`` of ``kind``: ``"nf4"`` (QLoRA: double quantisation) or ``"int8"``."""
     from transformers import BitsAndBytesConfig
     if kind == "nf4":
-        # fp32 compute: on a CPU without native bf16 a bf16 matmul is ~100x slower (README, "Speed")
+        # fp32 compute: the workbook's default machine is a CPU, where bf16 is emulated without AVX-512 / AMX
+        # (~100x slower, docs/speed.md); on a GPU pass BitsAndBytesConfig(bnb_4bit_compute_dtype=torch.bfloat16)
         return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                   bnb_4bit_compute_dtype=torch.float32)
     if kind == "int8":
