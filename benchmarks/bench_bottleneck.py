@@ -2,7 +2,9 @@
 
 1. A training step of BA + MMT (adapters + neck train) against full fine-tuning at the same batch:
    notebook 03's full fine-tune (linear patch connector, connector + LLM) and, to separate what the
-   trainable set costs from what fewer visual tokens save, BA's own model with everything training. Paths interleaved step by step, medians. Training memory is measured
+   trainable set costs from what fewer visual tokens save, BA's own model with everything training;
+   and BA with the vision tower's attention in SDPA instead of eager (the recipe's choice: gradients
+   flow through the tower). Paths interleaved step by step, medians. Training memory is measured
    by what a step keeps: the tensors autograd saves for the backward pass (saved-tensor hooks) plus the
    gradients and AdamW's two moments of every trainable parameter, and the weights.
 2. Prefill latency of the merged (re-parameterised) model against the model without adapters and the
@@ -69,6 +71,8 @@ def main() -> None:
 
     paths = {
         "BA + MMT (adapters + neck)": setup(cfg.model_spec(BA.MAIN), cfg.stage(BA.MAIN).train.groups),
+        "BA + MMT, vision tower in SDPA": setup(cfg.model_spec(BA.MAIN).replace(vision_attention="sdpa"),
+                                                cfg.stage(BA.MAIN).train.groups),
         "same model, full fine-tune": setup(cfg.model_spec(BA.MAIN), tuple(
             ParamGroup(k, 1e-4) for k in ("connector", "insertions", "llm", "vision"))),
         "notebook 03 full fine-tune (64 patch tokens)": setup(cfg.llava.model_spec(), cfg.llava.stage2().train.groups),

@@ -131,6 +131,20 @@ def test_set_token_reduction_switches_count_processor_and_tower_attention():
     assert m.num_image_tokens == 4  # a refused switch leaves the model as it was
 
 
+def test_vision_attention_is_pinned_kept_on_reload_and_after_a_reduction_switch(tmp_path):
+    sdpa = T.model().eval()
+    m = T.model(vision_attn_implementation="eager").eval()
+    assert sdpa.vision_tower.config._attn_implementation == "sdpa"
+    assert m.vision_tower.config._attn_implementation == "eager"
+    b = _batch(m)
+    with torch.no_grad():  # the same function either way: only speed differs
+        torch.testing.assert_close(m(**b).logits, sdpa(**b).logits, atol=1e-5, rtol=1e-5)
+    m.save_pretrained(tmp_path)
+    assert VLModel.from_pretrained(tmp_path).vision_tower.config._attn_implementation == "eager"
+    m.set_token_reduction("test_halve")
+    assert m.vision_tower.config._attn_implementation == "eager"
+
+
 def _recording_attention(seen):
     def fn(module, query, key, value, attention_mask, scaling, dropout=0.0, **kw):
         seen.append(attention.image_key_mask(query.shape[0], key.shape[-2]).clone())

@@ -148,6 +148,7 @@ def test_a_checkpoint_counts_by_content_not_path(tmp_path, monkeypatch):
     (lambda: ModelSpec(backbones=1, compressor="zip"), "unknown compressor 'zip'; known compressors: .*identity"),
     (lambda: ModelSpec(backbones=1, attention="flashy"), "unknown attention function 'flashy'; known .*eager"),
     (lambda: ModelSpec(backbones=1, llm_quantization="fp4"), "unknown LLM quantization 'fp4'"),
+    (lambda: ModelSpec(backbones=1, vision_attention="flash"), "unknown vision attention 'flash'; known .*eager, sdpa"),
     (lambda: ModelSpec(), "needs backbones"),
     (lambda: InsertionSpec("adapter9"), "unknown insertion 'adapter9'; known insertions: .*test_residual"),
     (lambda: InsertionSpec("test_residual", places=("ffn",)), "unknown insertion place 'ffn'"),

@@ -69,7 +69,8 @@ def build_model(spec: ModelSpec, seed: int = 0, progress: bool = True):
         vision, llm, tok, connector=spec.connector, connector_kwargs=spec.connector_options,
         compressor=spec.compressor, compressor_kwargs=spec.compressor_options,
         vision_feature_layer=spec.vision_feature_layer, llm_attn_implementation=spec.attention,
-        insertions=[_insertion_dict(s) for s in spec.insertions], attention_kwargs=spec.attention_options)
+        insertions=[_insertion_dict(s) for s in spec.insertions], attention_kwargs=spec.attention_options,
+        vision_attn_implementation=spec.vision_attention)
     proc = VLProcessor.for_model(model, AutoImageProcessor.from_pretrained(paths.vision), tok,
                                  max_length=spec.max_length, template=spec.template)
     return model, proc

@@ -36,6 +36,7 @@ class VLConfig(PretrainedConfig):
     drops it). ``image_token_id``: the tokenizer's ``<image>`` id. ``llm_attn_implementation``:
     attention function of the LLM (``sdpa``, ``eager`` or one registered in
     :mod:`vlkit.attention`), with ``attention_kwargs`` for its options; saved with the model.
+    ``vision_attn_implementation``: the vision tower's (None: its own, else SDPA).
     """
 
     model_type = "vlkit"
@@ -56,6 +57,7 @@ class VLConfig(PretrainedConfig):
     image_token_id: int | None = None
     llm_attn_implementation: str | None = None
     attention_kwargs: dict | None = None
+    vision_attn_implementation: str | None = None
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
@@ -112,7 +114,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
         self.language_model.set_attn_implementation(
             config.llm_attn_implementation or self.language_model.config._attn_implementation or "sdpa")
         self.language_model.config.vlkit_attention_kwargs = dict(config.attention_kwargs)
-        self._vision_attention = self.vision_tower.config._attn_implementation or "sdpa"
+        self._vision_attention = (config.vision_attn_implementation or self.vision_tower.config._attn_implementation
+                                  or "sdpa")
         self._pin_vision_attention()
         self.post_init()
         # after post_init, so that inserting modules changes no other module's initialisation
@@ -149,7 +152,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
                        compressor_kwargs: dict | None = None, vision_feature_layer: int = -2,
                        keep_cls: bool = False, llm_attn_implementation: str | None = None,
                        llm_quantization_config=None, insertions: list | None = None,
-                       attention_kwargs: dict | None = None) -> "VLModel":
+                       attention_kwargs: dict | None = None,
+                       vision_attn_implementation: str | None = None) -> "VLModel":
         """Assemble a VLModel from a vision tower and an LLM (notebook 03).
 
         ``vision`` / ``llm``: model objects, or names/paths loaded with ``from_pretrained``
@@ -172,7 +176,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
                           connector_kwargs=connector_kwargs, compressor=compressor,
                           compressor_kwargs=compressor_kwargs, vision_feature_layer=vision_feature_layer,
                           keep_cls=keep_cls, image_token_id=image_id, insertions=insertions,
-                          llm_attn_implementation=llm_attn_implementation, attention_kwargs=attention_kwargs)
+                          llm_attn_implementation=llm_attn_implementation, attention_kwargs=attention_kwargs,
+                          vision_attn_implementation=vision_attn_implementation)
         model = cls(config, vision_tower=vision, language_model=llm)
         gen = model.generation_config
         gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id

@@ -23,6 +23,7 @@ from typing import Any
 # Parameter kinds a TrainSpec group can name without patterns (see vlkit.train.groups).
 PARAMETER_KINDS = ("connector", "llm", "vision", "insertions", "lora")
 LLM_QUANTIZATIONS = ("nf4", "int8")
+VISION_ATTENTIONS = ("eager", "sdpa")
 PRECISIONS = ("no", "bf16", "auto")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -89,7 +90,9 @@ class ModelSpec:
     full precision. ``max_length``: tokens per example (the processor's cut, visual tokens
     included). ``template``: how conversations become tokens and answer labels: ``"auto"`` (the
     tokenizer's chat template where it marks assistant turns, else LLaVA's ``vicuna_v1``),
-    ``"tokenizer"``, or a LLaVA template name (:mod:`vlkit.templates`).
+    ``"tokenizer"``, or a LLaVA template name (:mod:`vlkit.templates`). ``vision_attention``: the
+    vision tower's attention implementation, ``"eager"`` or ``"sdpa"`` (None: the tower's own); eager
+    trains faster where gradients flow through the tower (``benchmarks/bench_bottleneck.py``).
     """
 
     backbones: Any = None
@@ -105,6 +108,7 @@ class ModelSpec:
     compressor_options: dict = field(default_factory=dict)
     attention: str = "eager"
     attention_options: dict = field(default_factory=dict)
+    vision_attention: str | None = None
     max_length: int = 192
     template: str = "auto"
 
@@ -117,6 +121,8 @@ class ModelSpec:
         _known("attention function", self.attention, available_attention())
         from vlkit.templates import CHOICES
         _known("conversation template", self.template, list(CHOICES))
+        if self.vision_attention is not None:
+            _known("vision attention", self.vision_attention, list(VISION_ATTENTIONS))
         if self.llm_quantization is not None:
             _known("LLM quantization", self.llm_quantization, list(LLM_QUANTIZATIONS))
         if self.backbones is None and not (self.vision and self.llm):
