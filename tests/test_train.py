@@ -224,3 +224,18 @@ def test_length_grouped_sampler_covers_each_epoch_pads_less_and_replays():
     assert list(StepSampler(1000, 8, 0, 0, 1, 100, 150, lengths=lengths, bucket=50)) == grouped[100:]
     with pytest.raises(ValueError, match="lengths"):
         StepSampler(10, 2, 0, 0, 1, 0, 5, lengths=[1, 2])
+
+
+def test_training_memory_counts_weights_gradients_optimizer_state_and_saved_activations():
+    from vlkit.train.memory import CPU_METHOD
+    conn, _, rc = _run("connector", steps=1)
+    full, _, rf = _run("full", steps=1)
+    assert rc.memory_method == rf.memory_method == CPU_METHOD
+    weights = sum(p.numel() * p.element_size() for p in conn.parameters())
+    trainable = sum(p.numel() * p.element_size() for p in conn.connector.parameters())
+    # AdamW: a gradient and two moments per trainable parameter; activations saved for backward on top
+    assert rc.peak_memory_bytes > weights + 3 * trainable
+    frozen_in_conn = weights - trainable
+    assert rf.peak_memory_bytes - rc.peak_memory_bytes >= 3 * frozen_in_conn
+    again = _run("connector", steps=1)[2]
+    assert again.peak_memory_bytes == rc.peak_memory_bytes  # the same in any process state

@@ -22,7 +22,7 @@ from vlkit import atomic
 from vlkit.specs import TrainSpec
 from vlkit.train.checkpoints import check_resume, checkpoints, load_checkpoint, save_checkpoint
 from vlkit.train.groups import optimizer_groups, prepare
-from vlkit.train.memory import PeakMemory
+from vlkit.train.memory import StepMemory
 from vlkit.train.sampler import StepSampler, example_lengths
 
 
@@ -115,9 +115,9 @@ def train(model, train_dataset, spec: TrainSpec, processor=None, collate_fn: Cal
     t0 = time.perf_counter()
     saving = {"out": out, "every": save_every, "keep": keep_checkpoints}
     try:
-        with PeakMemory(accelerator.device) as memory:
+        with StepMemory(model, accelerator.device) as memory:
             losses, tokens = _loop(model, optimizer, scheduler, accelerator, loader, spec, start, saving,
-                                   metrics_path, bar, callbacks, last_ckpt)
+                                   metrics_path, bar, callbacks, last_ckpt, memory)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0
@@ -132,7 +132,7 @@ def train(model, train_dataset, spec: TrainSpec, processor=None, collate_fn: Cal
 
 
 def _loop(model, optimizer, scheduler, accelerator, loader, spec: TrainSpec, start, saving, metrics_path, bar,
-          callbacks, last_ckpt) -> tuple[list[float], int]:
+          callbacks, last_ckpt, memory: StepMemory) -> tuple[list[float], int]:
     """Optimizer steps ``start + 1 .. spec.steps``; returns the step losses and tokens seen."""
     losses: list[float] = []
     batches = iter(loader)
@@ -146,8 +146,10 @@ def _loop(model, optimizer, scheduler, accelerator, loader, spec: TrainSpec, sta
             with contextlib.nullcontext() if sync else accelerator.no_sync(model):
                 # autocast here rather than Accelerator(mixed_precision=...): accelerate's state
                 # is per process and refuses a second precision, and one process may train both
+                first = step == start + 1 and micro == 0
                 with torch.autocast(accelerator.device.type, dtype=torch.bfloat16,
-                                    enabled=spec.mixed_precision == "bf16"):
+                                    enabled=spec.mixed_precision == "bf16"), \
+                        memory.first_forward() if first else contextlib.nullcontext():
                     loss = model(**batch).loss
                 mean_loss = accelerator.reduce(loss.detach(), "mean")  # every process sees the same value
                 if not torch.isfinite(mean_loss):
@@ -161,6 +163,8 @@ def _loop(model, optimizer, scheduler, accelerator, loader, spec: TrainSpec, sta
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), spec.max_grad_norm)
                      if spec.max_grad_norm else None)
         optimizer.step()
+        if step == start + 1:
+            memory.after_first_step(optimizer)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(step_loss)
