@@ -200,6 +200,34 @@ def test_a_text_reading_connector_never_sees_the_answer():
     assert not torch.allclose(captured[0], captured[2])  # while the prompt does reach them
 
 
+def test_a_text_reading_connector_never_sees_an_answer_in_evaluation_either():
+    m = T.model(connector="test_text_reader").eval()
+    proc = T.processor(m)
+    image = T.ColorDataset(1)[0]["image"]
+
+    def visual(conversation, **kw):
+        seen = []
+        hook = m.connector.register_forward_hook(lambda mod, i, o: seen.append(o.detach().clone()))
+        batch = proc([conversation], [image], **kw)
+        batch.pop("labels")  # evaluation: nothing says which tokens are answers but the processor's text mask
+        with torch.no_grad():
+            m(**batch)
+            m.generate(**batch, max_new_tokens=1, do_sample=False) if kw else None
+        hook.remove()
+        assert all(torch.equal(seen[0], s) for s in seen)  # forward and generate read the same tokens
+        return seen[0]
+
+    def chat(first_answer, question="what colour is it?"):
+        return [{"from": "human", "value": "<image>\nwhat is it?"}, {"from": "gpt", "value": first_answer},
+                {"from": "human", "value": question}, {"from": "gpt", "value": "red."}]
+
+    # equal up to the summation order of sequences of other lengths
+    torch.testing.assert_close(visual(chat("a square.")), visual(chat("a big blue circle.")), rtol=0, atol=1e-6)
+    torch.testing.assert_close(visual(chat("a square."), add_generation_prompt=True),
+                               visual(chat("a big blue circle."), add_generation_prompt=True), rtol=0, atol=1e-6)
+    assert not torch.allclose(visual(chat("a square.")), visual(chat("a square.", "and its shape?")))
+
+
 def test_prefill_flops_count_quantised_layers_as_their_full_precision_products():
     from vlkit.eval.efficiency import prefill_flops
     plain, quantised = T.model().eval(), T.model(llm_quantization="nf4").eval()

@@ -130,3 +130,45 @@ class ClsEveryK(Connector):
 
     def forward(self, hidden_states, text_embeds=None, text_mask=None) -> torch.Tensor:
         return self.neck(torch.stack([hidden_states[i][:, 0] for i in self.layers], 1))
+
+
+@register_connector("cmaa")
+class CrossModalAlignmentAttention(Connector):
+    """VisLingInstruct's CMAA: the projected patches attend to the instruction's text (notebook 05).
+
+    2402.07398 fuses the visual embeddings (queries) with the instruction's text embeddings (keys
+    and values) before the LLM. Here: LLaVA's linear projection of the patch states (``proj``, the
+    same name and shape as the ``linear`` connector's, so notebook 03's trained projection loads into
+    it), then ``x + out(MHA(norm(x), norm_text(t), norm_text(t)))`` with ``heads`` heads and the
+    output projection zero-initialised, so that CMAA starts as the plain linear connector. ``t``
+    is what :meth:`VLModel.embed` lets it read: the human turns, never an answer. A row with no
+    readable text gets no attention term.
+    """
+
+    uses_text = True
+
+    def __init__(self, vision_hidden: int, text_hidden: int, heads: int = 4, **kwargs):
+        super().__init__(vision_hidden, text_hidden, **kwargs)
+        if heads < 1 or text_hidden % heads:
+            raise ValueError(f"connector cmaa: heads={heads} must be >= 1 and divide the LLM width {text_hidden}")
+        self.proj = nn.Linear(vision_hidden, text_hidden)
+        self.norm = nn.LayerNorm(text_hidden)
+        self.norm_text = nn.LayerNorm(text_hidden)
+        self.attn = nn.MultiheadAttention(text_hidden, heads, batch_first=True)
+        nn.init.zeros_(self.attn.out_proj.weight)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        # VLModel.post_init re-initialises every module not flagged as initialised (a Linear to N(0, 0.02)):
+        # the zero output projection must survive it
+        self.attn._is_hf_initialized = self.attn.out_proj._is_hf_initialized = True
+
+    def forward(self, hidden_states, text_embeds=None, text_mask=None) -> torch.Tensor:
+        x = self.proj(self.features(hidden_states))
+        if text_embeds is None or text_mask is None:
+            raise ValueError("connector cmaa reads the instruction: it needs text_embeds and text_mask")
+        readable = text_mask.bool()
+        has_text = readable.any(1)
+        # a row with nothing to read would attend to nothing (NaN): let it see one key, then drop the term
+        readable = readable | ~has_text[:, None] & (torch.arange(readable.shape[1], device=x.device) == 0)
+        t = self.norm_text(text_embeds.to(x.dtype))
+        fused, _ = self.attn(self.norm(x), t, t, key_padding_mask=~readable, need_weights=False)
+        return x + fused * has_text[:, None, None].to(fused.dtype)

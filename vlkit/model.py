@@ -217,12 +217,14 @@ class VLModel(PreTrainedModel, GenerationMixin):
         return next(self.vision_tower.parameters()).dtype
 
     def embed(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
-              attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None) -> torch.Tensor:
+              attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
+              text_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03).
 
-        A connector that reads the text (``uses_text``) sees the prompt only: padding, the image
-        slots and every labelled (assistant) token are masked out, so that the visual tokens never
-        depend on the answer they are trained to produce.
+        A connector that reads the text (``uses_text``) never sees an answer: it reads the tokens of
+        ``text_mask`` (the processor's: the human turns, never an assistant turn, in training as in
+        evaluation), and without one every token that is not padding, an image slot or labelled, so
+        that the visual tokens never depend on the answer they are trained to produce (notebook 05).
         """
         embeds = self.get_input_embeddings()(input_ids)
         slots = input_ids == self.config.image_token_id
@@ -234,23 +236,31 @@ class VLModel(PreTrainedModel, GenerationMixin):
                 "exactly one image (use VLProcessor to expand <image>)")
         if n_images == 0:
             return embeds
-        text_embeds = text_mask = None
-        if self.connector.uses_text:
-            if n_images != input_ids.shape[0]:
-                raise ValueError(f"connector {self.config.connector!r} reads the text, so it needs one image "
-                                 f"per example; got {n_images} images for {input_ids.shape[0]} examples")
-            text_embeds = embeds
-            text_mask = ~slots if attention_mask is None else attention_mask.bool() & ~slots
-            if labels is not None:
-                text_mask = text_mask & (labels == -100)
-        visual = self.encode_images(pixel_values, text_embeds, text_mask)
+        if not self.connector.uses_text:
+            visual = self.encode_images(pixel_values)
+            return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+        # each image reads the text of its own example: at most one image per example, and text-only
+        # examples (no image) may share the batch
+        per_row = slots.sum(1) // self.num_image_tokens
+        if int(per_row.max()) > 1:
+            raise ValueError(f"connector {self.config.connector!r} reads the text, so it takes at most one "
+                             "image per example; an example here has more")
+        rows = per_row.bool()
+        readable = ~slots[rows]
+        if attention_mask is not None:
+            readable &= attention_mask[rows].bool()
+        if text_mask is not None:
+            readable &= text_mask[rows].bool()
+        if labels is not None:
+            readable &= labels[rows] == -100
+        visual = self.encode_images(pixel_values, embeds[rows], readable)
         return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
 
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-                inputs_embeds: torch.Tensor | None = None, **kwargs):
+                inputs_embeds: torch.Tensor | None = None, text_mask: torch.Tensor | None = None, **kwargs):
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask, labels)
+            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask, labels, text_mask)
             if labels is not None:  # never predict the image placeholders
                 labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
         image_mask = self.image_token_mask(input_ids, inputs_embeds, kwargs.get("cache"))
@@ -279,9 +289,10 @@ class VLModel(PreTrainedModel, GenerationMixin):
 
     @torch.no_grad()
     def generate(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.LongTensor:
+                 attention_mask: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
+                 **kwargs) -> torch.LongTensor:
         """Generate a continuation of left-padded prompts; returns only the NEW tokens (notebook 03)."""
-        embeds = self.embed(input_ids, pixel_values, attention_mask)
+        embeds = self.embed(input_ids, pixel_values, attention_mask, text_mask=text_mask)
         self.language_model.generation_config = self.generation_config  # pad/eos saved with the VLModel
         # generated tokens are text: the prompt's image positions cover every decoding step
         with attention.image_positions(input_ids == self.config.image_token_id):

@@ -54,8 +54,11 @@ class VLProcessor:
 
     # --- one example -------------------------------------------------------------------------
     def encode(self, conversation: list[dict], n_images: int, add_generation_prompt: bool = False,
-               where: str = "") -> tuple[list[int], list[int]]:
-        """Token ids (``<image>`` expanded) and labels for one conversation (notebook 03)."""
+               where: str = "", truncate: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids (``<image>`` expanded) and labels for one conversation (notebook 03).
+
+        Longer than ``max_length``, it is cut there (LLaVA's truncation; an error where the cut would
+        drop an image or every answer token), or with ``truncate=False`` (scoring) it is an error."""
         messages = llava_to_messages(conversation)
         if add_generation_prompt and messages and messages[-1]["role"] == "assistant":
             messages = messages[:-1]  # prompt = everything before the answer
@@ -77,6 +80,9 @@ class VLProcessor:
                 out_ids.append(t)
                 labels.append(t if m else IGNORE)
         if self.max_length and len(out_ids) > self.max_length:
+            if not truncate:
+                raise ValueError(f"{where or 'conversation'}: {len(out_ids)} tokens do not fit the context of "
+                                 f"max_length={self.max_length}; shorten it or raise max_length")
             if self.image_token_id in out_ids[self.max_length:]:
                 raise ValueError(f"{where or 'conversation'}: max_length={self.max_length} would cut an image "
                                  f"({len(out_ids)} tokens); raise max_length")
@@ -91,7 +97,7 @@ class VLProcessor:
         if self.template == "tokenizer":
             enc = self.tokenizer.apply_chat_template(
                 messages, tokenize=True, return_dict=True, add_generation_prompt=add_generation_prompt,
-                return_assistant_tokens_mask=not add_generation_prompt)
+                return_assistant_tokens_mask=True)
             ids = list(enc["input_ids"])
             return ids, list(enc.get("assistant_masks") or [0] * len(ids))
         text, spans = templates.template(self.template).render(messages, add_generation_prompt,
@@ -108,7 +114,10 @@ class VLProcessor:
         """Batch of conversations with their images (one image, None, or a list per example).
 
         Training batches are right-padded; with ``add_generation_prompt`` (inference) the last
-        assistant turn is dropped, ``<|assistant|>`` appended and the batch left-padded.
+        assistant turn is dropped, ``<|assistant|>`` appended and the batch left-padded. Keys:
+        ``input_ids``, ``attention_mask``, ``labels`` (the answers of every turn), ``text_mask`` (the
+        tokens a text-reading connector may read: not an answer, an image slot or padding) and
+        ``pixel_values`` where there are images.
         """
         images = list(images) if images is not None else [None] * len(conversations)
         if len(images) != len(conversations):
@@ -120,6 +129,10 @@ class VLProcessor:
             flat_images += imgs
         side = padding_side or ("left" if add_generation_prompt else "right")
         batch = self.pad(seqs, side)
+        # what a text-reading connector may read: the human turns (and the template's fixed text), never
+        # an answer of any turn, an image slot or padding; labels mark the answers of every turn
+        batch["text_mask"] = (batch["attention_mask"].bool() & (batch["labels"] == IGNORE)
+                              & (batch["input_ids"] != self.image_token_id))
         if flat_images:
             batch["pixel_values"] = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
         return batch

@@ -66,37 +66,41 @@ def generate(model, processor, prompts: Sequence[str], images: Sequence[Any], ba
 
 
 @torch.no_grad()
-def choice_scores(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
-                  batch_size: int = 32, progress: bool = True) -> dict[str, list[float]]:
-    """``pid -> [summed log-probability of each choice's answer]`` (notebook 03).
+def continuation_scores(model, processor, prompts: Sequence[str], images: Sequence[Any],
+                        candidates: Sequence[Sequence[str]], batch_size: int = 32, desc: str = "candidates",
+                        progress: bool = True, where: Sequence[str] | None = None) -> list[list[tuple[float, int]]]:
+    """``[(summed log-probability, tokens)]`` of each candidate assistant turn after its prompt (notebooks 03, 05).
 
-    Each choice's answer (:func:`sqa.choice_answer`) is scored as the assistant turn after the
-    problem's prompt. The prompt (image, question, options: ~95% of the tokens) is the same for
-    every choice, so it runs once per problem; its KV cache is then copied to one row per
-    choice and only the answers run on top of it, at the positions they have in the whole
-    conversation. The scores equal scoring each whole conversation on its own (a test pins
-    it), and faster by the share of the tokens the options share (``benchmarks/bench_choice_scoring.py``); and a text-reading connector
+    ``prompts[i]`` is a user turn (``<image>`` first where ``images[i]`` is an image, None for text
+    only), ``candidates[i]`` the assistant turns to score after it; each candidate's tokens are its
+    labels (the answer and the token that closes the turn). The prompt is the same for every
+    candidate, so it runs once; its KV cache is then copied to one row per candidate and only the
+    candidates run on top of it, at the positions they have in the whole conversation. The scores
+    equal scoring each whole conversation on its own (a test pins it), faster by the share of the
+    tokens the candidates share (``benchmarks/bench_choice_scoring.py``); and a text-reading connector
     sees the prompt only, as when the model generates.
     """
+    if not len(prompts) == len(images) == len(candidates):
+        raise ValueError(f"{len(prompts)} prompts, {len(images)} images and {len(candidates)} candidate lists: "
+                         "one of each per question")
     model.eval()
-    pids, images = list(problems), problem_images(problems, root, blind)
-    encoded = []  # per problem: the shared prefix, then each choice's (ids, labels) after it
-    for pid, image in zip(pids, images):
-        p = problems[pid]
-        seqs = [processor.encode([{"from": "human", "value": sqa.choice_prompt(p)},
-                                  {"from": "gpt", "value": sqa.choice_answer(p, j)}],
-                                 n_images=int(image is not None), where=pid)
-                for j in range(len(p["choices"]))]
+    encoded = []  # per prompt: the shared prefix, then each candidate's (ids, labels) after it
+    for i, (prompt, image, cands) in enumerate(zip(prompts, images, candidates)):
+        if not cands:
+            raise ValueError(f"{where[i] if where else f'question {i}'}: no candidates to score")
+        seqs = [processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": c}],
+                                 n_images=int(image is not None), where=where[i] if where else f"question {i}",
+                                 truncate=False)
+                for c in cands]
         cut = min(next((i for i, t in enumerate(lab) if t != IGNORE), len(lab)) for _, lab in seqs)
         while any(ids[:cut] != seqs[0][0][:cut] for ids, _ in seqs):
             cut -= 1  # a tokenizer that merges across the turn boundary: share less
         encoded.append((seqs[0][0][:cut], [(ids[cut:], lab[cut:]) for ids, lab in seqs]))
-    scores: dict[str, list[float]] = {}
+    scores: list[list[tuple[float, int]]] = [[] for _ in prompts]
     # similar prompt lengths batched together: less padding (the scores do not depend on the batching)
-    order = sorted(range(len(pids)), key=lambda k: len(encoded[k][0]))
+    order = sorted(range(len(prompts)), key=lambda k: len(encoded[k][0]))
     chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    for chunk in tqdm(chunks, desc="ScienceQA choices" + (" (blind)" if blind else ""),
-                      disable=not progress or len(chunks) < 2):
+    for chunk in tqdm(chunks, desc=desc, disable=not progress or len(chunks) < 2):
         prefix = processor.pad([(encoded[k][0], encoded[k][0]) for k in chunk], side="left")
         imgs = [images[k] for k in chunk if images[k] is not None]
         pixels = processor.image_processor(imgs, return_tensors="pt")["pixel_values"] if imgs else None
@@ -105,22 +109,39 @@ def choice_scores(model, processor, problems: dict[str, dict], root: str | Path,
                     position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
         rows = [r for r, k in enumerate(chunk) for _ in encoded[k][1]]
         answers = processor.pad([s for k in chunk for s in encoded[k][1]], side="right")
-        out.cache.batch_select_indices(torch.tensor(rows))  # one copy of its prompt's cache per choice
+        out.cache.batch_select_indices(torch.tensor(rows))  # one copy of its prompt's cache per candidate
         out.cache.vlkit_image_mask = out.cache.vlkit_image_mask[rows]  # and of where its image tokens are
         start = mask.sum(1)[rows].unsqueeze(1)
         logits = model(input_ids=answers["input_ids"], cache=out.cache,
                        attention_mask=torch.cat([mask[rows], answers["attention_mask"]], 1),
                        position_ids=start + torch.arange(answers["input_ids"].shape[1])).logits
-        # the first answer token is predicted by the prompt's last position, the others by the answer's
+        # the first candidate token is predicted by the prompt's last position, the others by the candidate's
         logits = torch.cat([out.logits[rows][:, -1:], logits[:, :-1]], 1).float()
         target = answers["labels"]
         logp = torch.log_softmax(logits, -1).gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         summed = (logp * (target != IGNORE)).sum(1).tolist()
+        counts = (target != IGNORE).sum(1).tolist()
         i = 0
         for k in chunk:
             n = len(encoded[k][1])
-            scores[pids[k]], i = summed[i:i + n], i + n
-    return {pid: scores[pid] for pid in pids}
+            scores[k], i = list(zip(summed[i:i + n], counts[i:i + n])), i + n
+    return scores
+
+
+def choice_scores(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
+                  batch_size: int = 32, progress: bool = True) -> dict[str, list[float]]:
+    """``pid -> [summed log-probability of each choice's answer]`` (notebook 03).
+
+    Each choice's answer (:func:`sqa.choice_answer`) is scored as the assistant turn after the
+    problem's prompt, the prompt running once per problem (:func:`continuation_scores`).
+    """
+    pids = list(problems)
+    scores = continuation_scores(
+        model, processor, [sqa.choice_prompt(problems[p]) for p in pids], problem_images(problems, root, blind),
+        [[sqa.choice_answer(problems[p], j) for j in range(len(problems[p]["choices"]))] for p in pids],
+        batch_size=batch_size, desc="ScienceQA choices" + (" (blind)" if blind else ""), progress=progress,
+        where=pids)
+    return {pid: [total for total, _ in s] for pid, s in zip(pids, scores)}
 
 
 def rank_choices(model, processor, problems: dict[str, dict], root: str | Path, blind: bool = False,
