@@ -4,9 +4,9 @@
    notebook 03's full fine-tune (linear patch connector, connector + LLM) and, to separate what the
    trainable set costs from what fewer visual tokens save, BA's own model with everything training;
    and BA with the vision tower's attention in SDPA instead of eager (the recipe's choice: gradients
-   flow through the tower). Paths interleaved step by step, medians. Training memory is measured
-   by what a step keeps: the tensors autograd saves for the backward pass (saved-tensor hooks) plus the
-   gradients and AdamW's two moments of every trainable parameter, and the weights.
+   flow through the tower). Paths interleaved step by step, medians. Training memory: the bytes a step
+   holds, counted as the trainer counts them (:class:`vlkit.train.memory.StepMemory`: weights, tensors
+   saved for backward, gradients, AdamW state, each storage once).
 2. Prefill latency of the merged (re-parameterised) model against the model without adapters and the
    unmerged one: merged should be within 5% of no adapters.
 
@@ -22,24 +22,17 @@ import time
 import torch
 
 
-def saved_bytes(model, batch) -> int:
-    """Bytes of the tensors autograd saves for backward in one forward over ``batch``."""
-    total = [0]
-
-    def pack(t):
-        total[0] += t.numel() * t.element_size()
-        return t
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = model(**batch).loss
-    loss.backward()
-    model.zero_grad(set_to_none=True)
-    return total[0]
-
-
-def training_memory(model, batch) -> dict[str, int]:
-    trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-    weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"weights": weights, "grads + AdamW": 3 * trainable, "activations": saved_bytes(model, batch)}
+def training_memory(model, optimizer, batch, precision: str) -> int:
+    """Bytes one training step holds (:class:`vlkit.train.memory.StepMemory`, as the trainer counts them)."""
+    from vlkit.train.memory import StepMemory
+    with StepMemory(model) as m:
+        with m.first_forward(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        m.after_first_step(optimizer)
+        optimizer.zero_grad(set_to_none=True)
+    return m.peak_bytes
 
 
 def main() -> None:
@@ -89,13 +82,11 @@ def main() -> None:
             times[name].append(time.perf_counter() - t)
     base = statistics.median(times["same model, full fine-tune"][1:])
     print(f"training step, batch {len(items)}, {precision} (median of {a.steps}):")
-    for name, (model, _, batch) in paths.items():
+    mems = {name: training_memory(model, opt, batch, precision) for name, (model, opt, batch) in paths.items()}
+    for name in paths:
         med = statistics.median(times[name][1:])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            mem = training_memory(model, batch)
-        print(f"  {name:>46}: {1000 * med:6.0f} ms ({med / base:.2f}x the same model's full fine-tune); memory "
-              + ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in mem.items())
-              + f"; total {sum(mem.values()) / 2**20:.1f} MiB")
+        print(f"  {name:>46}: {1000 * med:6.0f} ms ({med / base:.2f}x the same model's full fine-tune); a step holds "
+              f"{mems[name] / 2**20:.1f} MiB ({mems[name] / mems['same model, full fine-tune']:.2f}x)")
 
     model = paths["BA + MMT (adapters + neck)"][0].eval()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Figures of notebook 04: where the adapters sit, and accuracy per context category over rank x groups."""
+"""Figures of notebook 04: where the adapters sit, training loss, and accuracy per context category over rank x groups."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -50,5 +50,28 @@ def category_heatmaps(table: pd.DataFrame, rows: str = "rank", cols: str = "grou
         ax.set_xlabel(cols)
         ax.set_ylabel(rows if ax is axes[0][0] else "")
     fig.suptitle("ScienceQA accuracy (%) per context category, adapter rank x groups", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(histories: dict[str, list[list[float]]], smooth: int = 5):
+    """Training loss per optimizer step, one line per row, its stages one after another (notebook 04).
+
+    ``histories``: row name -> the loss of each of its stages (one for MMT, two for the modular row,
+    whose switch from the neck to the adapters is marked). Smoothed with a ``smooth``-step mean."""
+    from vlkit.plots.llava import _smooth
+    if not histories:
+        raise ValueError("loss_curves: no histories")
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors)  # a dozen rows: one colour each
+    for name, stages in histories.items():
+        loss = [x for stage in stages for x in stage]
+        line, = ax.plot(np.arange(len(_smooth(loss, smooth))) + 1, _smooth(loss, smooth), label=name, lw=1.2)
+        for end in np.cumsum([len(st) for st in stages])[:-1]:
+            ax.axvline(end + 0.5, color=line.get_color(), ls="--", lw=0.8)
+    ax.set_title("one stage, 320 x 16: adapters + neck train, both towers frozen (dashed: modular's switch)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss (answer tokens)")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig

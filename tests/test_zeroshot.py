@@ -1,0 +1,97 @@
+"""Zero-shot tasks (notebook 05): generation, public formats, scorers and chance baselines."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _vltiny as T  # noqa: E402
+
+from vlkit import world as W  # noqa: E402
+from vlkit.zeroshot import pope  # noqa: E402
+from vlkit.zeroshot.scoring import ask  # noqa: E402
+
+
+def test_pope_questions_are_true_to_their_scenes_half_yes_and_written_in_popes_format(tmp_path):
+    cfg = pope.PopeConfig(n=40)
+    folder = pope.write(tmp_path / "pope", cfg)
+    questions = pope.load_questions(folder / "questions.jsonl")
+    scenes = json.loads((folder / "scenes.json").read_text())
+    assert len(questions) == 40 and sum(q["label"] == "yes" for q in questions) == 20
+    for q in questions:
+        cats = {f"{o['color']} {o['shape']}" for o in scenes[q["image"]]["objects"]}
+        obj = q["fields"]["obj"].split(" ", 1)[1]
+        assert (obj in cats) == (q["label"] == "yes")
+        assert q["text"] == pope.PHRASINGS[0].format(**q["fields"])
+        assert Image.open(folder / "images" / q["image"]).size == (64, 64)
+    assert pope.generate(cfg)[0] == pope.generate(cfg)[0]  # deterministic
+    assert len(set(pope.PHRASINGS)) >= 16 and all("{obj}" in p for p in pope.PHRASINGS)
+
+
+def test_pope_scores_like_pope_and_refuses_bad_files(tmp_path):
+    qs = [{"question_id": i, "label": lab} for i, lab in enumerate(["yes", "yes", "no", "no"])]
+    m = pope.score(qs, {0: "Yes, there is.", 1: "No.", 2: "no", 3: "Yes"})
+    assert m["accuracy"] == 50 and m["precision"] == 50 and m["recall"] == 50 and m["yes_ratio"] == 50
+    assert pope.score(qs, {0: "yes", 1: "maybe", 2: "no", 3: "no"})["unparsed"] == 1
+    c = pope.chance(qs)
+    assert c["accuracy"] == 50 and c["recall"] == 100 and c["f1"] == pytest.approx(100 * 2 / 3)
+    bad = tmp_path / "q.jsonl"
+    bad.write_text(json.dumps({"question_id": 1, "image": "a.png", "text": "?", "label": "maybe"}) + "\n")
+    with pytest.raises(ValueError, match="q.jsonl:1: a POPE question needs .* label yes/no"):
+        pope.load_questions(bad)
+
+
+def test_ask_answers_each_question_under_a_phrasing_by_class_likelihood(tmp_path):
+    folder = pope.write(tmp_path / "pope", pope.PopeConfig(n=6, resolution=16))
+    questions = pope.load_questions(folder / "questions.jsonl")
+    m = T.model(0).eval()
+    picks, sums = ask(m, T.processor(m), folder, questions, pope.PHRASINGS[3], pope.ANSWERS, batch_size=4)
+    assert len(picks) == 6 and all(p in pope.ANSWERS for p in picks)
+    assert all(p == pope.ANSWERS[max(range(2), key=s.__getitem__)] for p, s in zip(picks, sums))
+    other = ask(m, T.processor(m), folder, questions, pope.PHRASINGS[10], pope.ANSWERS)[1]
+    assert other != sums  # the phrasing reaches the model
+
+
+def test_memes_captions_fit_or_misfit_their_images_and_score_auroc(tmp_path):
+    from vlkit.zeroshot import memes
+    folder = memes.write(tmp_path / "memes", memes.MemesConfig(n=30))
+    items = memes.load_items(folder / "test.jsonl")
+    scenes = json.loads((folder / "scenes.json").read_text())
+    assert sum(q["label"] for q in items) == 15
+    for q in items:
+        objs = scenes[q["img"]]["objects"]
+        own = memes.caption(W.Scene.from_dict({"id": "x", "objects": objs}))
+        assert (q["text"] == own) == (q["label"] == 0)
+        assert (folder / "images" / q["img"]).is_file()
+    perfect = memes.score(items, {q["id"]: 0.9 if q["label"] else 0.1 for q in items})
+    assert perfect == {"auroc": 100.0, "accuracy": 100.0}
+    inverted = memes.score(items, {q["id"]: 0.1 if q["label"] else 0.9 for q in items})
+    assert inverted["auroc"] == 0.0 and inverted["accuracy"] == 0.0
+    assert memes.chance(items) == {"auroc": 50.0, "accuracy": 50.0}
+    assert len(set(memes.PHRASINGS)) >= 16 and all("{caption}" in p for p in memes.PHRASINGS)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": 1, "img": "a.png", "text": "t", "label": 2}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1: a HatefulMemes item needs .* label 0 or 1"):
+        memes.load_items(bad)
+
+
+def test_textvqa_asks_about_writing_that_is_on_the_named_object(tmp_path):
+    from vlkit.zeroshot import textvqa
+    folder = textvqa.write(tmp_path / "tv", textvqa.TextVQAConfig(n=20))
+    questions = textvqa.load_questions(folder / "TextVQA_test.json")
+    scenes = json.loads((folder / "scenes.json").read_text())
+    for q in questions:
+        named = [o for o in scenes[q["image"]]["objects"] if f"{o['color']} {o['shape']}" == q["fields"]["obj"]]
+        assert len(named) == 1 and named[0]["text"] == q["answers"][0] in textvqa.ANSWERS
+    assert textvqa.score(questions, {q["question_id"]: q["answers"][0].upper() + "." for q in questions}) == \
+        {"accuracy": 100.0}
+    assert textvqa.score(questions[:1], {questions[0]["question_id"]: "zebra"}) == {"accuracy": 0.0}
+    assert len(set(textvqa.PHRASINGS)) >= 16 and all("{obj}" in p for p in textvqa.PHRASINGS)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": [{"question_id": 1, "question": "?"}]}))
+    with pytest.raises(ValueError, match=r"data\[0\] needs question_id, image_id"):
+        textvqa.load_questions(bad)
