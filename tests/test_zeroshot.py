@@ -95,3 +95,18 @@ def test_textvqa_asks_about_writing_that_is_on_the_named_object(tmp_path):
     bad.write_text(json.dumps({"data": [{"question_id": 1, "question": "?"}]}))
     with pytest.raises(ValueError, match=r"data\[0\] needs question_id, image_id"):
         textvqa.load_questions(bad)
+
+
+def test_readability_probe_reads_digits_a_tower_encodes_and_not_those_it_cannot():
+    import torch
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    from vlkit.zeroshot import readability, textvqa
+    cfg = textvqa.TextVQAConfig(n=120, resolution=32)
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                             num_attention_heads=2, image_size=32, patch_size=8)).eval()
+    r = readability.readability_probe(tower, cfg, n_train=240)
+    assert r["chance"] == pytest.approx(1 / 18) and r["n_test"] > 60 and r["n_train"] > 120
+    assert 0 <= r["accuracy"] <= 1 and r["train_accuracy"] > r["accuracy"]  # an untrained tower: fits, fails to read
+    assert r["accuracy"] < 0.5
