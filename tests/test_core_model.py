@@ -225,7 +225,10 @@ def test_a_text_reading_connector_never_sees_an_answer_in_evaluation_either():
     torch.testing.assert_close(visual(chat("a square.")), visual(chat("a big blue circle.")), rtol=0, atol=1e-6)
     torch.testing.assert_close(visual(chat("a square."), add_generation_prompt=True),
                                visual(chat("a big blue circle."), add_generation_prompt=True), rtol=0, atol=1e-6)
-    assert not torch.allclose(visual(chat("a square.")), visual(chat("a square.", "and its shape?")))
+    # a later question is not read either: it could give an earlier answer away
+    torch.testing.assert_close(visual(chat("a square.")), visual(chat("a square.", "and its shape?")), rtol=0, atol=1e-6)
+    first = [{"from": "human", "value": "<image>\nwhat colour is it?"}, {"from": "gpt", "value": "a square."}]
+    assert not torch.allclose(visual(chat("a square.")), visual(first))  # while the first question is read
 
 
 def test_prefill_flops_count_quantised_layers_as_their_full_precision_products():

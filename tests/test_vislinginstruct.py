@@ -51,9 +51,15 @@ def test_cmaa_starts_as_the_linear_connector_and_then_reads_the_instruction():
         h.remove()
         return seen[0]
     assert not torch.allclose(visual("what color is the image?"), visual("is it green?"))
-    with torch.no_grad():  # a text-only example and an image example in one batch
-        assert torch.isfinite(m(**proc.collate([T.ColorDataset(1)[0], {"image": None, "conversations": [
-            {"from": "human", "value": "what color?"}, {"from": "gpt", "value": "red."}]}])).loss)
+    text_only = {"image": None, "conversations": [{"from": "human", "value": "what color is it? it is red."},
+                                                  {"from": "gpt", "value": "red."}]}
+    seen = []
+    h = m.connector.register_forward_hook(lambda mod, i, o: seen.append(o.detach()))
+    with torch.no_grad():  # a text-only example first, then an image example: each image reads its own text
+        assert torch.isfinite(m(**proc.collate([text_only, T.ColorDataset(1)[0]])).loss)
+        m(**proc.collate([T.ColorDataset(1)[0]]))
+    h.remove()
+    torch.testing.assert_close(seen[0], seen[1], rtol=0, atol=1e-6)
 
 
 def test_cmaa_refuses_heads_that_do_not_divide_the_width():
@@ -152,10 +158,16 @@ def test_ico_keeps_the_original_first_and_picks_among_the_candidates():
     with count_forward_passes(m) as n:
         out = ico(m, proc, IMAGES, ["what color?"] * 3, PoolParaphraser(pool, n=2), batch_size=2)
     assert n[0] == 2 * 2 * 2  # IAS and the comparison: a prompt pass and a candidate pass per batch of 2
-    for o in out:
+    from vlkit.eval.scoring import continuation_scores
+    from vlkit.ico import comparison_prompt
+    for img, o in zip(IMAGES, out):
         assert o.candidates[0] == "what color?" and len(o.candidates) == 3
+        assert o.ias == pytest.approx(ias(m, proc, [img], [o.candidates])[0], abs=1e-5)
         assert o.ias_pick == min(range(3), key=o.ias.__getitem__)
-        assert 0 <= o.ico_pick < 3 and o.instruction == o.candidates[o.ico_pick]
+        letters = continuation_scores(m, proc, [comparison_prompt(o.candidates, o.ias)], [img], [["A.", "B.", "C."]])[0]
+        assert o.ico_pick == max(range(3), key=lambda j: letters[j][0]) and o.instruction == o.candidates[o.ico_pick]
+    blank = ico(m, proc, IMAGES[:1], ["what color?"], lambda inst, **kw: ["  ", "what color?"])
+    assert blank[0].candidates == ["what color?"]  # blank rewrites and the original again are no candidates
     kept = ico(m, proc, IMAGES[:1], ["what color is it?"], lambda inst, **kw: [])  # a rewriter that failed
     assert kept[0].candidates == ["what color is it?"] and kept[0].instruction == "what color is it?"
     with pytest.raises(ValueError, match="an empty instruction"):

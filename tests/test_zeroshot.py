@@ -36,7 +36,10 @@ def test_pope_scores_like_pope_and_refuses_bad_files(tmp_path):
     qs = [{"question_id": i, "label": lab} for i, lab in enumerate(["yes", "yes", "no", "no"])]
     m = pope.score(qs, {0: "Yes, there is.", 1: "No.", 2: "no", 3: "Yes"})
     assert m["accuracy"] == 50 and m["precision"] == 50 and m["recall"] == 50 and m["yes_ratio"] == 50
-    assert pope.score(qs, {0: "yes", 1: "maybe", 2: "no", 3: "no"})["unparsed"] == 1
+    # POPE's parse: "no"/"not" in the first sentence is no, anything else yes ("maybe" too)
+    m = pope.score(qs, {0: "maybe", 1: "It is not there. Yes.", 2: "Not at all, yes.", 3: "Yes. No."})
+    assert m["accuracy"] == 50 and m["precision"] == 50 and m["recall"] == 50 and m["yes_ratio"] == 50
+    assert pope.answer_label("Yes. No.") == "yes" and pope.answer_label("Not at all, yes.") == "no"
     c = pope.chance(qs)
     assert c["accuracy"] == 50 and c["recall"] == 100 and c["f1"] == pytest.approx(100 * 2 / 3)
     bad = tmp_path / "q.jsonl"
@@ -72,6 +75,11 @@ def test_memes_captions_fit_or_misfit_their_images_and_score_auroc(tmp_path):
     inverted = memes.score(items, {q["id"]: 0.1 if q["label"] else 0.9 for q in items})
     assert inverted["auroc"] == 0.0 and inverted["accuracy"] == 0.0
     assert memes.chance(items) == {"auroc": 50.0, "accuracy": 50.0}
+    four = [{"id": i, "label": y} for i, y in enumerate([1, 1, 0, 0])]  # overlapping scores with a tie: AUROC 0.625
+    assert memes.score(four, {0: 0.8, 1: 0.4, 2: 0.4, 3: 0.6}) == {"auroc": 62.5, "accuracy": 50.0}
+    assert memes.misfit_probability(-1.0, -1.0) == 0.5 and memes.misfit_probability(-3.0, -1.0) > 0.8
+    with pytest.raises(ValueError, match=r"probabilities must be in \[0, 1\]"):
+        memes.score(four, {0: 2.0, 1: 0.4, 2: 0.4, 3: 0.6})
     assert len(set(memes.PHRASINGS)) >= 16 and all("{caption}" in p for p in memes.PHRASINGS)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"id": 1, "img": "a.png", "text": "t", "label": 2}) + "\n")
@@ -90,10 +98,16 @@ def test_textvqa_asks_about_writing_that_is_on_the_named_object(tmp_path):
     assert textvqa.score(questions, {q["question_id"]: q["answers"][0].upper() + "." for q in questions}) == \
         {"accuracy": 100.0}
     assert textvqa.score(questions[:1], {questions[0]["question_id"]: "zebra"}) == {"accuracy": 0.0}
+    mixed = [{"question_id": 0, "answers": ["cat"] * 3 + ["dog"] * 7}]  # 3 of 10: VQA's leave-one-out gives 0.9
+    assert textvqa.score(mixed, {0: "cat"})["accuracy"] == pytest.approx(90.0)
+    assert textvqa.score(mixed, {0: "dog"})["accuracy"] == pytest.approx(100.0)
     assert len(set(textvqa.PHRASINGS)) >= 16 and all("{obj}" in p for p in textvqa.PHRASINGS)
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"data": [{"question_id": 1, "question": "?"}]}))
     with pytest.raises(ValueError, match=r"data\[0\] needs question_id, image_id"):
+        textvqa.load_questions(bad)
+    bad.write_text(json.dumps({"data": [{"question_id": 1, "image_id": "a", "question": "?", "answers": "cat"}]}))
+    with pytest.raises(ValueError, match="a list of answers"):
         textvqa.load_questions(bad)
 
 

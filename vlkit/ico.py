@@ -68,8 +68,12 @@ def ico(model, processor, images: Sequence[Any], instructions: Sequence[str],
     keys = list(keys) if keys is not None else [str(i) for i in range(len(instructions))]
     candidates = []
     for inst, f, k in zip(instructions, fields, keys):
-        rewrites = [r for r in rewriter(inst, key=k, **f) if r != inst]
-        candidates.append(list(dict.fromkeys([inst, *rewrites]))[:len(string.ascii_uppercase)])
+        rewrites = [r for r in rewriter(inst, key=k, **f) if isinstance(r, str) and r.strip() and r != inst]
+        cands = list(dict.fromkeys([inst, *rewrites]))
+        if len(cands) > len(string.ascii_uppercase):
+            raise ValueError(f"question {k}: {len(cands)} candidates, more than the comparison's "
+                             f"{len(string.ascii_uppercase)} letters")
+        candidates.append(cands)
     scores = ias(model, processor, images, candidates, meta_prompt=meta_prompt, batch_size=batch_size)
     prompts = [comparison_prompt(c, s, image=img is not None) for c, s, img in zip(candidates, scores, images)]
     letters = [[f"{string.ascii_uppercase[j]}." for j in range(len(c))] for c in candidates]

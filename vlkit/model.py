@@ -22,6 +22,7 @@ from vlkit import attention  # registers vlkit_capture, so saved models using it
 from vlkit.compression import build_compressor
 from vlkit.connectors import build_connector
 from vlkit.insertions import apply_insertions
+from vlkit.connector_text import text_mask as text_mask_of
 from vlkit.tokenizer import IMAGE_TOKEN
 
 
@@ -222,8 +223,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
         """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03).
 
         A connector that reads the text (``uses_text``) never sees an answer: it reads the tokens of
-        ``text_mask`` (the processor's: the human turns, never an assistant turn, in training as in
-        evaluation), and without one every token that is not padding, an image slot or labelled, so
+        ``text_mask`` (the processor's, :func:`vlkit.connector_text.text_mask`: the text before the first
+        answer, in training as in evaluation), and within it those before the first labelled token, so
         that the visual tokens never depend on the answer they are trained to produce (notebook 05).
         """
         embeds = self.get_input_embeddings()(input_ids)
@@ -241,18 +242,18 @@ class VLModel(PreTrainedModel, GenerationMixin):
             return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
         # each image reads the text of its own example: at most one image per example, and text-only
         # examples (no image) may share the batch
+        if (slots.sum(1) % self.num_image_tokens).any():
+            raise ValueError(f"an example's image-token slots are not a whole number of images of "
+                             f"{self.num_image_tokens} tokens (use VLProcessor to expand <image>)")
         per_row = slots.sum(1) // self.num_image_tokens
         if int(per_row.max()) > 1:
             raise ValueError(f"connector {self.config.connector!r} reads the text, so it takes at most one "
                              "image per example; an example here has more")
         rows = per_row.bool()
-        readable = ~slots[rows]
-        if attention_mask is not None:
-            readable &= attention_mask[rows].bool()
+        readable = text_mask_of(input_ids[rows], None if attention_mask is None else attention_mask[rows],
+                                None if labels is None else labels[rows], self.config.image_token_id)
         if text_mask is not None:
             readable &= text_mask[rows].bool()
-        if labels is not None:
-            readable &= labels[rows] == -100
         visual = self.encode_images(pixel_values, embeds[rows], readable)
         return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
 

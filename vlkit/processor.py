@@ -19,8 +19,8 @@ from vlkit.atomic import write_json
 from vlkit import templates
 from vlkit.model import IMAGE_TOKEN, _image_token_id
 from vlkit.tokenizer import llava_to_messages
+from vlkit.connector_text import IGNORE, text_mask
 
-IGNORE = -100
 
 
 class VLProcessor:
@@ -115,9 +115,9 @@ class VLProcessor:
 
         Training batches are right-padded; with ``add_generation_prompt`` (inference) the last
         assistant turn is dropped, ``<|assistant|>`` appended and the batch left-padded. Keys:
-        ``input_ids``, ``attention_mask``, ``labels`` (the answers of every turn), ``text_mask`` (the
-        tokens a text-reading connector may read: not an answer, an image slot or padding) and
-        ``pixel_values`` where there are images.
+        ``input_ids``, ``attention_mask``, ``labels`` (the answers of every turn), ``text_mask``
+        (:func:`vlkit.connector_text.text_mask`: what a text-reading connector may read) and ``pixel_values`` where there are
+        images.
         """
         images = list(images) if images is not None else [None] * len(conversations)
         if len(images) != len(conversations):
@@ -129,10 +129,7 @@ class VLProcessor:
             flat_images += imgs
         side = padding_side or ("left" if add_generation_prompt else "right")
         batch = self.pad(seqs, side)
-        # what a text-reading connector may read: the human turns (and the template's fixed text), never
-        # an answer of any turn, an image slot or padding; labels mark the answers of every turn
-        batch["text_mask"] = (batch["attention_mask"].bool() & (batch["labels"] == IGNORE)
-                              & (batch["input_ids"] != self.image_token_id))
+        batch["text_mask"] = text_mask(batch["input_ids"], batch["attention_mask"], batch["labels"], self.image_token_id)
         if flat_images:
             batch["pixel_values"] = self.image_processor(flat_images, return_tensors="pt")["pixel_values"]
         return batch

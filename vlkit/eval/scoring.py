@@ -83,14 +83,16 @@ def continuation_scores(model, processor, prompts: Sequence[str], images: Sequen
     if not len(prompts) == len(images) == len(candidates):
         raise ValueError(f"{len(prompts)} prompts, {len(images)} images and {len(candidates)} candidate lists: "
                          "one of each per question")
+    if where is not None and len(where) != len(prompts):
+        raise ValueError(f"{len(where)} names for {len(prompts)} questions")
+    where = list(where) if where is not None else [f"question {i}" for i in range(len(prompts))]
     model.eval()
     encoded = []  # per prompt: the shared prefix, then each candidate's (ids, labels) after it
     for i, (prompt, image, cands) in enumerate(zip(prompts, images, candidates)):
         if not cands:
-            raise ValueError(f"{where[i] if where else f'question {i}'}: no candidates to score")
+            raise ValueError(f"{where[i]}: no candidates to score")
         seqs = [processor.encode([{"from": "human", "value": prompt}, {"from": "gpt", "value": c}],
-                                 n_images=int(image is not None), where=where[i] if where else f"question {i}",
-                                 truncate=False)
+                                 n_images=int(image is not None), where=where[i], truncate=False)
                 for c in cands]
         cut = min(next((i for i, t in enumerate(lab) if t != IGNORE), len(lab)) for _, lab in seqs)
         while any(ids[:cut] != seqs[0][0][:cut] for ids, _ in seqs):

@@ -49,7 +49,7 @@ class StepMemory:
         if self.device.type == "cuda":
             yield
             return
-        weights = {p.untyped_storage().data_ptr() for p in self.model.parameters()}
+        weights = {t.untyped_storage().data_ptr() for t in [*self.model.parameters(), *self.model.buffers()]}
 
         def pack(t):
             ptr = t.untyped_storage().data_ptr()

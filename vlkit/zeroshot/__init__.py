@@ -5,7 +5,11 @@ here is generated from the world's scenes at a seed of its own, so no question o
 training set:
 
 - :mod:`vlkit.zeroshot.pope`: POPE-like object existence ("Is there a blue circle?"): accuracy, F1;
-- further tasks follow the same shape: questions with ``fields`` that fill a pool of >= 16
-  phrasings (the first is the training data's own phrasing where it has one), candidate answers
-  scored by likelihood, and a chance baseline.
+- :mod:`vlkit.zeroshot.memes`: HatefulMemes-like "does the caption fit the image?": AUROC, accuracy;
+- :mod:`vlkit.zeroshot.textvqa`: TextVQA-like "what is written on the red square?": VQA accuracy,
+  with :mod:`vlkit.zeroshot.readability`, the probe that says whether the tower can read at all.
+
+Each has questions with ``fields`` that fill a pool of >= 16 phrasings (the first is the training
+data's own phrasing where it has one), answers scored by likelihood (:mod:`vlkit.zeroshot.scoring`)
+and a chance baseline.
 """

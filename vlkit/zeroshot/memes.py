@@ -4,11 +4,13 @@ HatefulMemes (Kiela et al., 2020) pairs an image with a text and asks a binary q
 both; its files are JSONL ``{"id", "img", "label", "text"}`` and it reports AUROC and accuracy. The
 classes here: label 1 when the caption does *not* fit the image (the class to detect, as "hateful"
 is), 0 when it does. A fitting caption lists the scene's objects; a misfit one lists another scene's,
-whose set of objects differs, so only the image can tell them apart. The model's score for label 1
-is ``log p("No") - log p("Yes")`` as the answer to the question, as the authors' code ranks classes.
+whose set of objects differs, so only the image can tell them apart. The model's P(label 1) is
+``sigmoid(log p("No") - log p("Yes"))`` over the two answers (:func:`misfit_probability`), as the
+authors' code ranks classes by their likelihood.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,12 +93,19 @@ def load_items(path: str | Path) -> list[dict]:
     return out
 
 
-def score(items: list[dict], probabilities: dict) -> dict[str, float]:
-    """AUROC and accuracy (threshold 0.5 on the class-1 score mapped to a probability), in percent.
+def misfit_probability(logp_yes: float, logp_no: float) -> float:
+    """P(label 1) from the answers' log-likelihoods, the two classes renormalised: ``sigmoid(lp_no - lp_yes)``."""
+    return 1 / (1 + math.exp(logp_yes - logp_no))
 
-    ``probabilities``: id -> P(label 1) (or any score that orders the items; accuracy thresholds at 0.5)."""
+
+def score(items: list[dict], probabilities: dict) -> dict[str, float]:
+    """AUROC and accuracy (P(label 1) > 0.5), in percent.
+
+    ``probabilities``: id -> P(label 1) in [0, 1] (:func:`misfit_probability`); anything else is an error."""
     labels = [q["label"] for q in items]
     p = [float(probabilities[q["id"]]) for q in items]
+    if any(not 0 <= x <= 1 for x in p):
+        raise ValueError("probabilities must be in [0, 1] (use misfit_probability on log-likelihoods)")
     pos = [s for s, y in zip(p, labels) if y == 1]
     neg = [s for s, y in zip(p, labels) if y == 0]
     if not pos or not neg:

@@ -88,33 +88,30 @@ def load_questions(path: str | Path) -> list[dict]:
     return out
 
 
-def answer_label(text: str) -> str | None:
-    """POPE's answer parsing: "no" / "not" among the first words -> "no", a "yes" -> "yes", else None."""
-    words = text.lower().replace(",", " ").replace(".", " ").split()[:6]
-    if any(w in ("no", "not") for w in words):
-        return "no"
-    return "yes" if "yes" in words else None
+def answer_label(text: str) -> str:
+    """POPE's answer parsing: "no" or "not" in the first sentence -> "no", anything else -> "yes"."""
+    first = text.split(".")[0].lower().replace(",", " ")
+    return "no" if any(w in ("no", "not") for w in first.split()) else "yes"
 
 
 def score(questions: list[dict], answers: dict) -> dict[str, float]:
     """Accuracy, precision, recall, F1 (of "yes") and the yes ratio, in percent (POPE's table).
 
-    ``answers``: question_id -> answer text (or "yes"/"no"); an unparsed answer counts as wrong."""
-    tp = fp = fn = tn = unparsed = 0
+    ``answers``: question_id -> answer text (or "yes"/"no"), parsed as POPE does (:func:`answer_label`)."""
+    tp = fp = fn = tn = 0
     for q in questions:
         pred = answer_label(str(answers[q["question_id"]]))
         gold = q["label"].lower()
-        unparsed += pred is None
         if pred == "yes":
             tp, fp = tp + (gold == "yes"), fp + (gold == "no")
         else:
-            fn, tn = fn + (gold == "yes"), tn + (gold == "no" and pred == "no")
+            fn, tn = fn + (gold == "yes"), tn + (gold == "no")
     n = len(questions)
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"accuracy": 100 * (tp + tn) / n, "precision": 100 * precision, "recall": 100 * recall,
-            "f1": 100 * f1, "yes_ratio": 100 * (tp + fp) / n, "unparsed": unparsed}
+            "f1": 100 * f1, "yes_ratio": 100 * (tp + fp) / n}
 
 
 def chance(questions: list[dict]) -> dict[str, float]:

@@ -86,7 +86,8 @@ def load_questions(path: str | Path) -> list[dict]:
     if not isinstance(data, dict) or not isinstance(data.get("data"), list):
         raise ValueError(f"{path}: TextVQA's format is a JSON object with a 'data' list")
     for n, q in enumerate(data["data"]):
-        if any(k not in q for k in ("question_id", "image_id", "question", "answers")) or not q["answers"]:
+        if (any(k not in q for k in ("question_id", "image_id", "question", "answers"))
+                or not isinstance(q["answers"], list) or not q["answers"]):
             raise ValueError(f"{path}: data[{n}] needs question_id, image_id, question and a list of answers")
         q.setdefault("image", f"{q['image_id']}.png")
     return data["data"]
@@ -98,11 +99,14 @@ def normalise(text: str) -> str:
 
 
 def score(questions: list[dict], answers: dict) -> dict[str, float]:
-    """VQA accuracy in percent: per question ``min(1, #annotators who gave the answer / 3)``."""
+    """VQA accuracy in percent: per question the mean over its annotators of
+    ``min(1, #other annotators who gave the answer / 3)`` (the official leave-one-out form)."""
     total = 0.0
     for q in questions:
         pred = normalise(str(answers[q["question_id"]]))
-        total += min(1.0, sum(normalise(a) == pred for a in q["answers"]) / 3)
+        gold = [normalise(a) for a in q["answers"]]
+        matches = sum(g == pred for g in gold)
+        total += sum(min(1.0, (matches - (g == pred)) / 3) for g in gold) / len(gold)
     return {"accuracy": 100 * total / len(questions)}
 
 
