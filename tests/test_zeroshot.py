@@ -124,3 +124,41 @@ def test_readability_probe_reads_digits_a_tower_encodes_and_not_those_it_cannot(
     assert r["chance"] == pytest.approx(1 / 18) and r["n_test"] > 60 and r["n_train"] > 120
     assert 0 <= r["accuracy"] <= 1 and r["train_accuracy"] > r["accuracy"]  # an untrained tower: fits, fails to read
     assert r["accuracy"] < 0.5
+
+
+@pytest.mark.parametrize("name", ["pope", "memes", "textvqa"])
+def test_phrasing_sweep_scores_every_phrasing_and_its_mean_ias(tmp_path, name):
+    import importlib
+
+    from vlkit.ias import ias
+    from vlkit.eval.scoring import open_image
+    from vlkit.zeroshot.sweep import ias_rank_correlation, phrasing_sweep
+    task = importlib.import_module(f"vlkit.zeroshot.{name}")
+    folder = task.write(tmp_path / name, small_config(task, n=6))
+    m = T.model(0).eval()
+    proc = T.processor(m)
+    rows = phrasing_sweep(m, proc, task, folder, batch_size=8)
+    assert [r["phrasing"] for r in rows] == list(task.PHRASINGS) and all(task.PRIMARY in r for r in rows)
+    questions = task.load(folder)
+    q = questions[0]  # one cell against ias() on its own
+    alone = ias(m, proc, [open_image(folder / "images" / q["image"])], [[task.PHRASINGS[5].format(**q["fields"])]])
+    per_q = [ias(m, proc, [open_image(folder / "images" / x["image"])], [[task.PHRASINGS[5].format(**x["fields"])]])[0][0]
+             for x in questions]
+    assert rows[5]["ias"] == pytest.approx(sum(per_q) / len(per_q), abs=1e-4) and per_q[0] == alone[0][0]
+    c = ias_rank_correlation(rows, task.PRIMARY)
+    assert c["n"] == 16 and (c["constant"] or -1 <= c["rho"] <= 1)
+
+
+def test_ias_rank_correlation_signs_and_constant_metrics():
+    from vlkit.zeroshot.sweep import ias_rank_correlation
+    rows = [{"ias": 3.0 - i, "accuracy": 50 + i} for i in range(5)]  # lower IAS, better accuracy
+    assert ias_rank_correlation(rows, "accuracy")["rho"] == pytest.approx(-1.0)
+    flat = ias_rank_correlation([{**r, "accuracy": 50} for r in rows], "accuracy")
+    assert flat["constant"] and flat["rho"] != flat["rho"]
+    with pytest.raises(ValueError, match="at least 3 phrasings"):
+        ias_rank_correlation(rows[:2], "accuracy")
+
+
+def small_config(task, n):
+    cfg = {"pope": "PopeConfig", "memes": "MemesConfig", "textvqa": "TextVQAConfig"}[task.__name__.rsplit(".", 1)[1]]
+    return getattr(task, cfg)(n=n, resolution=16)

@@ -119,3 +119,18 @@ def chance(items: list[dict]) -> dict[str, float]:
     """A constant score: AUROC 50, accuracy of the majority class."""
     share = sum(q["label"] for q in items) / len(items)
     return {"auroc": 50.0, "accuracy": 100 * max(share, 1 - share)}
+
+
+PRIMARY = "auroc"
+
+
+def load(folder: str | Path) -> list[dict]:
+    """The task folder's items (:func:`write`)."""
+    return load_items(Path(folder) / "test.jsonl")
+
+
+def evaluate(model, processor, folder: str | Path, items: list[dict], phrasing: str, batch_size: int = 32) -> dict:
+    """AUROC and accuracy with every item asked in ``phrasing``; P(misfit) from the "Yes" / "No" likelihoods."""
+    from vlkit.zeroshot.scoring import ask
+    _, sums = ask(model, processor, folder, items, phrasing, ANSWERS, batch_size=batch_size)
+    return score(items, {q["id"]: misfit_probability(*s) for q, s in zip(items, sums)})

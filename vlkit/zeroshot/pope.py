@@ -117,3 +117,17 @@ def score(questions: list[dict], answers: dict) -> dict[str, float]:
 def chance(questions: list[dict]) -> dict[str, float]:
     """Always answering "yes": accuracy = the share of yes questions, F1 of a recall-1 guesser."""
     return score(questions, {q["question_id"]: "yes" for q in questions})
+
+
+PRIMARY = "accuracy"
+
+
+def load(folder: str | Path) -> list[dict]:
+    """The task folder's questions (:func:`write`)."""
+    return load_questions(Path(folder) / "questions.jsonl")
+
+
+def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing: str, batch_size: int = 32) -> dict:
+    """POPE's metrics with every question asked in ``phrasing``, answered by the likelier of "Yes" / "No"."""
+    from vlkit.zeroshot.scoring import metrics_of_picks
+    return metrics_of_picks(model, processor, folder, questions, phrasing, ANSWERS, score, batch_size)

@@ -113,3 +113,17 @@ def score(questions: list[dict], answers: dict) -> dict[str, float]:
 def chance(questions: list[dict]) -> dict[str, float]:
     """A uniform guess among the world's words: 1 / 18."""
     return {"accuracy": 100 / len(ANSWERS)}
+
+
+PRIMARY = "accuracy"
+
+
+def load(folder: str | Path) -> list[dict]:
+    """The task folder's questions (:func:`write`)."""
+    return load_questions(Path(folder) / "TextVQA_test.json")
+
+
+def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing: str, batch_size: int = 32) -> dict:
+    """VQA accuracy with every question asked in ``phrasing``, answered by the likeliest of the world's words."""
+    from vlkit.zeroshot.scoring import metrics_of_picks
+    return metrics_of_picks(model, processor, folder, questions, phrasing, ANSWERS, score, batch_size)
