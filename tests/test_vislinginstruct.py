@@ -157,7 +157,8 @@ def test_ico_keeps_the_original_first_and_picks_among_the_candidates():
     pool = ["what color is the image?", "what color?", "what color is it?"]
     with count_forward_passes(m) as n:
         out = ico(m, proc, IMAGES, ["what color?"] * 3, PoolParaphraser(pool, n=2), batch_size=2)
-    assert n[0] == 2 * 2 * 2  # IAS and the comparison: a prompt pass and a candidate pass per batch of 2
+    # IAS and the comparison: each runs the 3 prompts once and the 3 x 3 candidates on their caches
+    assert n[0] == 2 * (3 + 3 * 3)
     from vlkit.eval.scoring import continuation_scores
     from vlkit.ico import comparison_prompt
     for img, o in zip(IMAGES, out):

@@ -160,5 +160,26 @@ def test_ias_rank_correlation_signs_and_constant_metrics():
 
 
 def small_config(task, n):
-    cfg = {"pope": "PopeConfig", "memes": "MemesConfig", "textvqa": "TextVQAConfig"}[task.__name__.rsplit(".", 1)[1]]
-    return getattr(task, cfg)(n=n, resolution=16)
+    name = task.__name__.rsplit(".", 1)[1]
+    cfg = getattr(task, {"pope": "PopeConfig", "memes": "MemesConfig", "textvqa": "TextVQAConfig"}[name])
+    if name == "memes":  # one-object captions: the tiny LLM has 128 positions
+        return cfg(n=n, resolution=16, world=W.WorldConfig(min_objects=1, max_objects=1))
+    return cfg(n=n, resolution=16)
+
+
+def test_aio_answers_with_the_instructions_ico_and_ias_chose(tmp_path):
+    from vlkit.zeroshot.aio import aio_evaluate
+    from vlkit.zeroshot.scoring import instructions
+    folder = pope.write(tmp_path / "pope", pope.PopeConfig(n=6, resolution=16))
+    questions = pope.load(folder)
+    m = T.model(0).eval()
+    proc = T.processor(m)
+    out = aio_evaluate(m, proc, pope, folder, phrasing=3, batch_size=4)
+    assert out["original"] == pope.evaluate(m, proc, folder, questions, pope.PHRASINGS[3])
+    chosen = [c["candidates"][c["ico_pick"]] for c in out["choices"]]
+    assert out["ico"] == pope.evaluate(m, proc, folder, questions, chosen)
+    assert all(c["candidates"][0] == pope.PHRASINGS[3].format(**q["fields"]) and len(c["candidates"]) == 2
+               for c, q in zip(out["choices"], questions))
+    assert out["cost"]["forward_passes_per_question"] > 0 and out["cost"]["seconds_per_question"] > 0
+    with pytest.raises(ValueError, match="2 instructions for 6 questions"):
+        instructions(questions, ["a", "b"])

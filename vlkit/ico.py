@@ -84,9 +84,15 @@ def ico(model, processor, images: Sequence[Any], instructions: Sequence[str],
 
 @contextlib.contextmanager
 def count_forward_passes(model):
-    """``with count_forward_passes(model) as n: ...`` -> ``n[0]`` LLM forward passes (decoding steps included)."""
+    """``with count_forward_passes(model) as n: ...`` -> ``n[0]`` sequences the LLM ran forward over (a batch
+    of 8 counts 8; a decoding step counts again), the cost of AIO beside answering once."""
     n = [0]
-    handle = model.language_model.register_forward_pre_hook(lambda *a: n.__setitem__(0, n[0] + 1))
+
+    def count(module, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        x = x if x is not None else kwargs.get("input_ids", args[0] if args else None)
+        n[0] += int(x.shape[0]) if x is not None else 1
+    handle = model.language_model.register_forward_pre_hook(count, with_kwargs=True)
     try:
         yield n
     finally:

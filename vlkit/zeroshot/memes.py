@@ -110,7 +110,7 @@ def score(items: list[dict], probabilities: dict) -> dict[str, float]:
     neg = [s for s, y in zip(p, labels) if y == 0]
     if not pos or not neg:
         raise ValueError("AUROC needs items of both labels")
-    auroc = mannwhitneyu(pos, neg).statistic / (len(pos) * len(neg))
+    auroc = float(mannwhitneyu(pos, neg).statistic) / (len(pos) * len(neg))
     accuracy = sum((s > 0.5) == bool(y) for s, y in zip(p, labels)) / len(items)
     return {"auroc": 100 * auroc, "accuracy": 100 * accuracy}
 
