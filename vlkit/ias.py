@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from vlkit.eval.scoring import continuation_scores
-from vlkit.tokens import IMAGE_TOKEN
+from vlkit.tokens import with_image
 
 META_PROMPT = "Based on the image given, the most appropriate instruction should be:"
 
@@ -35,7 +35,7 @@ def ias(model, processor, images: Sequence[Any], instructions: Sequence[Sequence
         for c in cands:
             if not isinstance(c, str) or not c.strip():
                 raise ValueError(f"image {i}: an empty instruction cannot be scored")
-    prompts = [(f"{IMAGE_TOKEN}\n" if img is not None else "") + meta_prompt for img in images]
+    prompts = [with_image(meta_prompt, img is not None) for img in images]
     scores = continuation_scores(model, processor, prompts, images, instructions, batch_size=batch_size,
                                  desc="IAS", progress=progress, where=[f"image {i}" for i in range(len(images))])
     return [[-total / n for total, n in row] for row in scores]

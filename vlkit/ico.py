@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from vlkit.eval.scoring import continuation_scores
 from vlkit.ias import META_PROMPT, ias
-from vlkit.tokens import IMAGE_TOKEN
+from vlkit.tokens import with_image
 
 COMPARE_HEADER = "Candidate instructions for this image, with their alignment scores (lower is better):"
 COMPARE_QUESTION = "Which instruction is better? Answer with its letter."
@@ -48,7 +48,7 @@ class Optimised:
 def comparison_prompt(candidates: Sequence[str], scores: Sequence[float], image: bool = True) -> str:
     """The in-context comparison: every candidate under a letter with its IAS, then the question."""
     lines = [f"{string.ascii_uppercase[j]}. {c} (score {s:.2f})" for j, (c, s) in enumerate(zip(candidates, scores))]
-    return (f"{IMAGE_TOKEN}\n" if image else "") + "\n".join([COMPARE_HEADER, *lines, COMPARE_QUESTION])
+    return with_image("\n".join([COMPARE_HEADER, *lines, COMPARE_QUESTION]), image)
 
 
 def ico(model, processor, images: Sequence[Any], instructions: Sequence[str],

@@ -20,7 +20,7 @@ from vlkit import templates
 from vlkit.model import IMAGE_TOKEN, _image_token_id
 from vlkit.tokenizer import llava_to_messages
 from vlkit.connector_text import IGNORE, text_mask
-
+from vlkit.tokens import with_image
 
 
 class VLProcessor:
@@ -116,8 +116,8 @@ class VLProcessor:
         Training batches are right-padded; with ``add_generation_prompt`` (inference) the last
         assistant turn is dropped, ``<|assistant|>`` appended and the batch left-padded. Keys:
         ``input_ids``, ``attention_mask``, ``labels`` (the answers of every turn), ``text_mask``
-        (:func:`vlkit.connector_text.text_mask`: what a text-reading connector may read) and ``pixel_values`` where there are
-        images.
+        (:func:`vlkit.connector_text.text_mask`: what a text-reading connector may read) and
+        ``pixel_values`` where there are images.
         """
         images = list(images) if images is not None else [None] * len(conversations)
         if len(images) != len(conversations):
@@ -153,8 +153,7 @@ class VLProcessor:
     def prompt(self, questions: Sequence[str], images: Sequence[Any] | None = None) -> dict[str, torch.Tensor]:
         """Left-padded generation inputs: one user turn per question, ``<image>`` first when an image is given."""
         images = list(images) if images is not None else [None] * len(questions)
-        convs = [[{"role": "user", "content": (f"{IMAGE_TOKEN}\n{q}" if img is not None and IMAGE_TOKEN not in q
-                                               else q)}] for q, img in zip(questions, images)]
+        convs = [[{"role": "user", "content": with_image(q, img is not None)}] for q, img in zip(questions, images)]
         return self(convs, images, add_generation_prompt=True)
 
     def decode(self, ids: torch.Tensor) -> list[str]:

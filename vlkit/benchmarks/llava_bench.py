@@ -19,7 +19,6 @@ Two judges share one interface, ``judge.score(context, question, answer, referen
 """
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from vlkit.english import pluralize, position_phrase
+from vlkit.jsonl import read_jsonl
 from vlkit.teacher import COLOR_WORDS, parse_context
 from vlkit.tokens import IMAGE_TOKEN
 
@@ -420,20 +420,9 @@ def make_questions(scenes, teacher=None, seed: int = 0, types: Iterable[str] = T
 
 
 def _read_jsonl(path: str | Path, required: tuple[str, ...]) -> dict[str, dict]:
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
     out: dict[str, dict] = {}
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        missing = [k for k in required if not isinstance(rec, dict) or k not in rec]
+    for n, rec in read_jsonl(path):
+        missing = [k for k in required if k not in rec]
         if missing:
             raise ValueError(f"{path}:{n}: missing field(s) {', '.join(missing)}")
         qid = str(rec["question_id"])

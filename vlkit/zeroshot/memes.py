@@ -19,7 +19,8 @@ from scipy.stats import mannwhitneyu
 
 from vlkit import world as W
 from vlkit.english import a_or_an, join_words
-from vlkit.zeroshot.files import TaskConfig, jsonl, read_jsonl, write_task
+from vlkit.jsonl import jsonl, read_jsonl
+from vlkit.zeroshot.files import TaskConfig, write_task
 
 PHRASINGS: tuple[str, ...] = (
     "Does the caption match the image? Caption: {caption}",

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from vlkit import world as W
 from vlkit.english import a_or_an
-from vlkit.zeroshot.files import TaskConfig, jsonl, read_jsonl, write_task
+from vlkit.jsonl import jsonl, read_jsonl
+from vlkit.zeroshot.files import TaskConfig, write_task
 
 # {obj} is "a blue circle" (with its article). Closest to the training phrasing first.
 PHRASINGS: tuple[str, ...] = (

@@ -5,7 +5,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vlkit.eval.scoring import continuation_scores, open_image
-from vlkit.tokens import IMAGE_TOKEN
+from vlkit.tokens import with_image
 
 
 def instructions(questions: Sequence[dict], phrasing: str | Sequence[str]) -> list[str]:
@@ -27,7 +27,7 @@ def ask(model, processor, folder: str | Path, questions: Sequence[dict], phrasin
     assistant's turn (:func:`vlkit.eval.scoring.continuation_scores`), as the authors' code ranks
     classes by their likelihood."""
     images = [open_image(Path(folder) / "images" / q["image"]) for q in questions]
-    prompts = [f"{IMAGE_TOKEN}\n" + text for text in instructions(questions, phrasing)]
+    prompts = [with_image(text) for text in instructions(questions, phrasing)]
     scores = continuation_scores(model, processor, prompts, images, [list(classes)] * len(questions),
                                  batch_size=batch_size, desc="zero-shot", progress=progress,
                                  where=[f"question {q['question_id']}" for q in questions])
