@@ -1,7 +1,8 @@
 """Test plug-ins registered by name, proving that a paper's parts plug into the core without changes to it:
-an insertion, a text-reading connector and a compressor that needs [cls] importance."""
+an insertion, a text-reading connector, a compressor that needs [cls] importance and one that pads."""
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from vlkit.compression import Compressor, register_compressor
@@ -69,3 +70,23 @@ class Halve(Compressor):
     def forward(self, tokens, importance=None):
         b, n, d = tokens.shape
         return tokens[:, : n // 2 * 2].reshape(b, n // 2, 2, d).mean(2)
+
+
+@register_compressor("test_pad_half")
+class PadHalf(Compressor):
+    """Keep the first half of the tokens and leave the other half of the slots empty (masked): the
+    shape of an adaptive-count method such as PruMerge, padded to a fixed number of slots."""
+
+    fill = 0.0  # what the empty slots hold: a test changes it to show the LLM never reads them
+
+    def num_tokens(self, n: int) -> int:
+        return n
+
+    def compress(self, tokens, context):
+        n = tokens.shape[1]
+        mask = torch.arange(n, device=tokens.device) < (n + 1) // 2
+        out = tokens.masked_fill(~mask[None, :, None], self.fill)
+        return out, mask.expand(tokens.shape[0], -1)
+
+    def forward(self, tokens, importance=None):
+        return self.compress(tokens, None)[0]

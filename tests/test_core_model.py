@@ -181,6 +181,35 @@ def test_attention_functions_see_the_image_positions_in_forward_generate_and_cac
         attention.image_key_mask(2, 5)
 
 
+def test_slots_a_compressor_leaves_empty_are_hidden_from_the_llm_in_forward_generate_and_continuations():
+    m = T.model(compressor="test_pad_half").eval()
+    proc = T.processor(m)
+    b = proc.prompt(["what color is the image?", "what color is it?"],
+                    [Image.new("RGB", (16, 16), (255, 0, 0)), Image.new("RGB", (16, 16), (0, 0, 255))])
+    b.pop("labels")
+    slots = b["input_ids"] == m.config.image_token_id
+    _, padded = m.embed(b["input_ids"], b["pixel_values"], b["attention_mask"], return_mask=True)
+    assert int(padded.sum()) == 2 * 2 and not (padded & ~slots).any()  # the last 2 of each image's 4 slots
+    rows = torch.tensor([0, 0, 1])
+    more = torch.full((3, 2), T.tokenizer().pad_token_id)
+
+    def run(fill: float):
+        m.compressor.fill = fill
+        out = m(**b, use_cache=True)
+        gen = m.generate(**b, max_new_tokens=3, do_sample=False, output_scores=True, return_dict_in_generate=True)
+        m.select_cache_rows(out.cache, rows)  # a continuation per candidate, as choice scoring does
+        cont = m(input_ids=more, cache=out.cache,
+                 attention_mask=torch.cat([b["attention_mask"][rows], torch.ones(3, 2, dtype=torch.long)], 1))
+        return out.logits[~padded], torch.stack(gen.scores), cont.logits
+
+    for hidden, changed in zip(run(0.0), run(1e3)):
+        torch.testing.assert_close(hidden, changed)
+    # the control: the same values in slots the model is not told are empty do reach the LLM
+    plain = m.compressor.compress
+    m.compressor.compress = lambda tokens, context: (plain(tokens, context)[0], None)
+    assert not any(torch.allclose(x, y) for x, y in zip(run(0.0), run(1e3)))
+
+
 def test_a_text_reading_connector_never_sees_the_answer():
     m = T.model(connector="test_text_reader").eval()
     proc = T.processor(m)

@@ -10,6 +10,7 @@ structure, so ``save_pretrained`` / ``from_pretrained`` round-trip every variant
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 import torch
@@ -19,9 +20,9 @@ from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM, AutoModel
 from transformers.configuration_utils import SubConfigSpec
 
 from vlkit import attention  # registers vlkit_capture, so saved models using it reload
-from vlkit.compression import build_compressor
+from vlkit.compression import CompressionContext, available_compressors, build_compressor, compressor_module
 from vlkit.connectors import build_connector
-from vlkit.insertions import apply_insertions
+from vlkit.insertions import _norm_of, apply_insertions, blocks
 from vlkit.connector_text import text_mask as text_mask_of
 from vlkit.tokenizer import IMAGE_TOKEN
 
@@ -30,7 +31,9 @@ class VLConfig(PretrainedConfig):
     """Configuration of a :class:`VLModel` (notebook 03).
 
     ``vision_config`` / ``text_config``: the towers' own configs (any HF vision model, any causal
-    LM). ``connector`` / ``compressor``: registry names, with ``*_kwargs`` for their options.
+    LM). ``connector`` / ``compressor``: registry names, with ``*_kwargs`` for their options;
+    ``compressor_module``: the module that registers the compressor, imported on loading (a
+    compressor registered outside vlkit reloads in a fresh process).
     ``insertions``: modules inserted into the towers' blocks (:mod:`vlkit.insertions`), as
     dicts of :class:`vlkit.specs.InsertionSpec`. ``vision_feature_layer``: encoder layer the patch
     features come from (-2 = penultimate, as LLaVA). ``keep_cls``: keep the [cls] token (LLaVA
@@ -52,6 +55,7 @@ class VLConfig(PretrainedConfig):
     connector_kwargs: dict | None = None
     compressor: str = "identity"
     compressor_kwargs: dict | None = None
+    compressor_module: str | None = None
     insertions: list | None = None
     vision_feature_layer: int = -2
     keep_cls: bool = False
@@ -107,8 +111,10 @@ class VLModel(PreTrainedModel, GenerationMixin):
             config.connector, vcfg.hidden_size, tcfg.hidden_size,
             feature_layer=config.vision_feature_layer, keep_cls=config.keep_cls, has_cls=self.has_cls,
             num_layers=vcfg.num_hidden_layers, **config.connector_kwargs)
+        if config.compressor_module and config.compressor not in available_compressors():
+            importlib.import_module(config.compressor_module)
         self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
-        self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
+        self.num_image_tokens = self._check_compressor(self.compressor)
         self.inserted = nn.ModuleDict()
         # Models built by their constructor may leave the implementation unset (None), and then
         # transformers falls back to eager attention WITHOUT a causal mask: always pin it.
@@ -128,6 +134,23 @@ class VLModel(PreTrainedModel, GenerationMixin):
         self.vision_tower.set_attn_implementation(
             "eager" if self.compressor.needs_importance else self._vision_attention)
 
+    def _check_compressor(self, compressor) -> int:
+        """The compressor's token count for this model; a clear error when the model cannot feed it."""
+        n = self.connector.num_tokens(self.num_patches)
+        name = compressor.name
+        if compressor.needs_cls and not self.has_cls:
+            raise ValueError(f"compressor {name!r} ranks patches by the [cls] token's attention, but this vision "
+                             f"tower ({type(self.vision_tower).__name__}) has no [cls] token")
+        if compressor.needs_importance or compressor.needs_keys:
+            if n != self.num_patches:
+                raise ValueError(f"compressor {name!r} reads the tower's attention per patch ({self.num_patches} "
+                                 f"patches), but connector {self.config.connector!r} emits {n} tokens"
+                                 + (" (keep_cls adds the [cls] token)" if self.config.keep_cls else ""))
+            if self.config.vision_feature_layer % (self.config.vision_config.num_hidden_layers + 1) == 0:
+                raise ValueError(f"compressor {name!r} reads the attention of the layer making the features, but "
+                                 "vision_feature_layer 0 is the embeddings, which no attention layer makes")
+        return compressor.num_tokens(n)
+
     def set_token_reduction(self, name: str, **options) -> None:
         """Switch the visual-token compressor of a (trained) model to ``name`` (notebook 06).
 
@@ -135,13 +158,17 @@ class VLModel(PreTrainedModel, GenerationMixin):
         :meth:`VLProcessor.for_model` reads it from the model), and a batch expanded for another count
         is an error in :meth:`embed`. The tower's attention is re-pinned to eager when the method needs
         [cls] attention, and back to what it was otherwise. ``"identity"`` switches reduction off.
+        Bad options, a method the tower cannot feed (one ranking by [cls] attention on a tower without
+        [cls], or a connector whose tokens are not the patches) and a count above the tokens are
+        errors that leave the model as it was.
         """
         new = build_compressor(name, self.config.text_config.hidden_size, **options)
-        n = new.num_tokens(self.connector.num_tokens(self.num_patches))
+        n = self._check_compressor(new)
         new.to(self.device)
         self.compressor.detach(self)
         self.compressor = new
         self.config.compressor, self.config.compressor_kwargs = name, dict(options)
+        self.config.compressor_module = compressor_module(name)
         self.num_image_tokens = n
         self._pin_vision_attention()
         new.attach(self)
@@ -175,7 +202,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
                              "call llm.resize_token_embeddings(len(tokenizer)) first")
         config = VLConfig(vision_config=vision.config, text_config=llm.config, connector=connector,
                           connector_kwargs=connector_kwargs, compressor=compressor,
-                          compressor_kwargs=compressor_kwargs, vision_feature_layer=vision_feature_layer,
+                          compressor_kwargs=compressor_kwargs, compressor_module=compressor_module(compressor),
+                          vision_feature_layer=vision_feature_layer,
                           keep_cls=keep_cls, image_token_id=image_id, insertions=insertions,
                           llm_attn_implementation=llm_attn_implementation, attention_kwargs=attention_kwargs,
                           vision_attn_implementation=vision_attn_implementation)
@@ -198,20 +226,48 @@ class VLModel(PreTrainedModel, GenerationMixin):
 
     # --- forward ---------------------------------------------------------------------------
     def encode_images(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor | None = None,
-                      text_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Images [B, C, H, W] -> visual tokens [B, num_image_tokens, D_text] (notebook 03)."""
-        need_attn = self.compressor.needs_importance
+                      text_mask: torch.Tensor | None = None, return_mask: bool = False):
+        """Images [B, C, H, W] -> visual tokens [B, num_image_tokens, D_text] (notebook 03).
+
+        With ``return_mask``: ``(tokens, mask)``, the mask [B, num_image_tokens] False at slots the
+        compressor left empty (PruMerge's padding, notebook 06), or None when every slot holds a token.
+        """
+        tokens, context = self.compression_inputs(pixel_values, text_embeds, text_mask)
+        visual, mask = self.compressor.compress(tokens, context)
+        if mask is not None and bool(mask.all()):
+            mask = None
+        return (visual, mask) if return_mask else visual
+
+    def compression_inputs(self, pixel_values: torch.Tensor, text_embeds: torch.Tensor | None = None,
+                           text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, CompressionContext]:
+        """The connector's tokens [B, N, D_text] and what the compressor asks of the tower (notebook 06).
+
+        ``compressor.plan(*model.compression_inputs(pixels))`` is what a figure draws: which tokens
+        a method kept, merged where, or dropped.
+        """
+        c = self.compressor
         out = self.vision_tower(pixel_values=pixel_values.to(self.vision_dtype), output_hidden_states=True,
-                                output_attentions=need_attn, return_dict=True)
+                                output_attentions=c.needs_importance, return_dict=True)
         tokens = self.connector(out.hidden_states, text_embeds=text_embeds, text_mask=text_mask)
-        importance = None
-        if need_attn:
-            # [cls] -> patch attention at the feature layer, averaged over heads (VMTC's signal);
-            # attentions[i] belongs to the layer producing hidden_states[i + 1]
-            layer = self.config.vision_feature_layer % len(out.hidden_states) - 1
-            attn = out.attentions[layer].mean(1)
+        # hidden_states[j] is made by block j - 1, whose attention is attentions[j - 1]
+        j = self.config.vision_feature_layer % len(out.hidden_states)
+        importance = keys = None
+        if c.needs_importance:
+            # [cls] -> patch attention at the feature layer, averaged over heads (VMTC's signal)
+            attn = out.attentions[j - 1].mean(1)
             importance = attn[:, 0, 1:] if self.has_cls else attn.mean(1)
-        return self.compressor(tokens, importance=importance)
+        if c.needs_keys:
+            keys = self._feature_keys(out.hidden_states[j - 1], j - 1)
+        return tokens, CompressionContext(importance=importance, keys=keys)
+
+    @torch.no_grad()  # keys only decide which tokens merge: no gradient needs to flow through them
+    def _feature_keys(self, block_input: torch.Tensor, index: int) -> torch.Tensor:
+        """Block ``index``'s attention keys of the patches [B, N, D_head], averaged over heads (VisionZip, PruMerge)."""
+        block = blocks(self, "vision")[index]
+        # through the block's own input norm, so an inserted module hooked on it (notebook 04) applies too
+        keys = block.self_attn.k_proj(_norm_of(block, "attention")(block_input))
+        keys = keys.view(*keys.shape[:2], self.config.vision_config.num_attention_heads, -1).mean(2)
+        return keys[:, 1:] if self.has_cls and not self.config.keep_cls else keys
 
     @property
     def vision_dtype(self) -> torch.dtype:
@@ -219,8 +275,11 @@ class VLModel(PreTrainedModel, GenerationMixin):
 
     def embed(self, input_ids: torch.LongTensor, pixel_values: torch.Tensor | None = None,
               attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
-              text_mask: torch.Tensor | None = None) -> torch.Tensor:
+              text_mask: torch.Tensor | None = None, return_mask: bool = False):
         """Text embeddings with visual tokens scattered into the ``<image>`` slots (notebook 03).
+
+        With ``return_mask``: ``(embeds, padded)``, ``padded`` [B, T] True at the image slots the
+        compressor left empty (to hide from the LLM, notebook 06), or None when there are none.
 
         A connector that reads the text (``uses_text``) never sees an answer: it reads the tokens of
         ``text_mask`` (the processor's, :func:`vlkit.connector_text.text_mask`: the text before the first
@@ -236,10 +295,10 @@ class VLModel(PreTrainedModel, GenerationMixin):
                 f"{self.num_image_tokens} tokens each) but {n_images} images; each <image> in the text needs "
                 "exactly one image (use VLProcessor to expand <image>)")
         if n_images == 0:
-            return embeds
+            return (embeds, None) if return_mask else embeds
         if not self.connector.uses_text:
-            visual = self.encode_images(pixel_values)
-            return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+            visual, mask = self.encode_images(pixel_values, return_mask=True)
+            return self._scatter(embeds, slots, visual, mask, return_mask)
         # each image reads the text of its own example: at most one image per example, and text-only
         # examples (no image) may share the batch
         if (slots.sum(1) % self.num_image_tokens).any():
@@ -254,23 +313,67 @@ class VLModel(PreTrainedModel, GenerationMixin):
                                 None if labels is None else labels[rows], self.config.image_token_id)
         if text_mask is not None:
             readable &= text_mask[rows].bool()
-        visual = self.encode_images(pixel_values, embeds[rows], readable)
-        return embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+        visual, mask = self.encode_images(pixel_values, embeds[rows], readable, return_mask=True)
+        return self._scatter(embeds, slots, visual, mask, return_mask)
+
+    @staticmethod
+    def _scatter(embeds, slots, visual, mask, return_mask: bool):
+        embeds = embeds.masked_scatter(slots.unsqueeze(-1), visual.to(embeds.dtype))
+        if not return_mask:
+            return embeds
+        # the slots fill image by image in reading order, as masked_scatter fills the embeddings
+        padded = None if mask is None else torch.zeros_like(slots).masked_scatter(slots, ~mask.reshape(-1))
+        return embeds, padded
 
     def forward(self, input_ids: torch.LongTensor | None = None, pixel_values: torch.Tensor | None = None,
                 attention_mask: torch.Tensor | None = None, labels: torch.LongTensor | None = None,
                 inputs_embeds: torch.Tensor | None = None, text_mask: torch.Tensor | None = None, **kwargs):
+        padded = None
         if inputs_embeds is None:
-            inputs_embeds = self.embed(input_ids, pixel_values, attention_mask, labels, text_mask)
+            inputs_embeds, padded = self.embed(input_ids, pixel_values, attention_mask, labels, text_mask,
+                                               return_mask=True)
             if labels is not None:  # never predict the image placeholders
                 labels = labels.masked_fill(input_ids == self.config.image_token_id, -100)
         image_mask = self.image_token_mask(input_ids, inputs_embeds, kwargs.get("cache"))
+        padded = self._padded_keys(padded, inputs_embeds, kwargs.get("cache"))
+        if padded is not None:
+            attention_mask = _hide(attention_mask, padded)
         with attention.image_positions(image_mask):
             out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                       labels=labels, **kwargs)
         if getattr(out, "cache", None) is not None:  # a continuation on this cache knows where the images were
             out.cache.vlkit_image_mask = image_mask
+            if padded is not None:  # ... and which of their slots stay hidden
+                out.cache.vlkit_padded_mask = padded
         return out
+
+    def _padded_keys(self, padded: torch.Tensor | None, inputs_embeds: torch.Tensor, cache=None):
+        """[B, cached + new] bool: the image slots to hide from the LLM, those of a cached prefix first."""
+        past = getattr(cache, "vlkit_padded_mask", None) if cache is not None else None
+        if past is None and padded is None:
+            return None
+        b, t = inputs_embeds.shape[:2]
+        if past is not None and past.shape[0] != b:
+            raise RuntimeError(f"the cache hides padded image slots of {past.shape[0]} rows but the batch has {b}; "
+                               "reindex the cache with VLModel.select_cache_rows")
+        if past is None:
+            past = torch.zeros(b, cache.get_seq_length() if cache is not None else 0, dtype=torch.bool,
+                               device=inputs_embeds.device)
+        if padded is None:
+            padded = torch.zeros(b, t, dtype=torch.bool, device=inputs_embeds.device)
+        return torch.cat([past.to(padded.device), padded], 1)
+
+    @staticmethod
+    def select_cache_rows(cache, rows: torch.Tensor) -> None:
+        """Reindex ``cache`` (a forward's ``out.cache``) to ``rows``, with what vlkit records on it (notebook 03).
+
+        The cache's tensors, and its image positions and hidden padded slots, so a continuation on
+        more (or fewer) rows still knows both.
+        """
+        cache.batch_select_indices(rows)
+        for attr in ("vlkit_image_mask", "vlkit_padded_mask"):
+            if getattr(cache, attr, None) is not None:
+                setattr(cache, attr, getattr(cache, attr)[rows.to(getattr(cache, attr).device)])
 
     def image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor,
                          cache=None) -> torch.Tensor:
@@ -293,7 +396,14 @@ class VLModel(PreTrainedModel, GenerationMixin):
                  attention_mask: torch.Tensor | None = None, text_mask: torch.Tensor | None = None,
                  **kwargs) -> torch.LongTensor:
         """Generate a continuation of left-padded prompts; returns only the NEW tokens (notebook 03)."""
-        embeds = self.embed(input_ids, pixel_values, attention_mask, text_mask=text_mask)
+        embeds, padded = self.embed(input_ids, pixel_values, attention_mask, text_mask=text_mask, return_mask=True)
+        if padded is not None:
+            if attention_mask is None:
+                attention_mask = torch.ones(padded.shape, dtype=torch.long, device=padded.device)
+            # hidden slots keep their positions, as in forward: hiding them changes nothing else
+            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+            kwargs.setdefault("position_ids", positions)
+            attention_mask = _hide(attention_mask, padded)
         self.language_model.generation_config = self.generation_config  # pad/eos saved with the VLModel
         # generated tokens are text: the prompt's image positions cover every decoding step
         with attention.image_positions(input_ids == self.config.image_token_id):
@@ -319,6 +429,17 @@ class VLModel(PreTrainedModel, GenerationMixin):
             raise ValueError(f"checkpoint {path} does not match its config ({len(bad)} shape mismatches, "
                              f"{len(missing)} missing and {len(unexpected)} unexpected tensors): {what}")
         return (model, info) if want_info else model
+
+
+def _hide(attention_mask: torch.Tensor | None, padded: torch.Tensor) -> torch.Tensor:
+    """``attention_mask`` [B, K] with the ``padded`` keys set to 0 (all ones when there was none)."""
+    if attention_mask is None:
+        return (~padded).long()
+    if attention_mask.shape != padded.shape:
+        raise ValueError(f"attention_mask of shape {tuple(attention_mask.shape)} cannot hide the compressor's padded "
+                         f"image slots over {tuple(padded.shape)} keys: give a 2-D mask covering the cache and the "
+                         "input")
+    return attention_mask.masked_fill(padded.to(attention_mask.device), 0)
 
 
 def _image_token_id(tokenizer) -> int:
