@@ -60,6 +60,19 @@ def image_key_mask(batch: int, key_len: int) -> torch.Tensor:
     return torch.cat([mask, pad], 1)
 
 
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep (and repeat) rows ``rows`` of ``cache``, and of every per-row mask vlkit keeps on it (notebooks 03, 06).
+
+    What a continuation needs to know about a cached prefix lives on the cache object as [B, K]
+    tensors named ``vlkit_*`` (where its image tokens are; which of them FastV pruned): they
+    follow the cache's rows here, so that one prompt's cache copied per candidate stays consistent.
+    """
+    cache.batch_select_indices(rows)
+    for name, value in list(vars(cache).items()):
+        if name.startswith("vlkit_") and isinstance(value, torch.Tensor):
+            setattr(cache, name, value[rows.to(value.device)])
+
+
 def register_attention(name: str, fn: Callable, mask: Callable = eager_mask) -> None:
     """Register ``fn`` as attention implementation ``name`` (notebook 07).
 

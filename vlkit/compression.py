@@ -22,13 +22,20 @@ COMPRESSORS = Registry("compressor")
 register_compressor = COMPRESSORS.register
 
 
+def _register_all() -> None:
+    # the methods live in vlkit.compressors, which imports this module: import it on first use
+    import vlkit.compressors  # noqa: F401
+
+
 def available_compressors() -> list[str]:
     """Names accepted by :func:`build_compressor`."""
+    _register_all()
     return COMPRESSORS.names()
 
 
 def build_compressor(name: str, dim: int, **kwargs) -> "Compressor":
     """Build the compressor registered as ``name`` for tokens of width ``dim`` (notebook 06)."""
+    _register_all()
     return COMPRESSORS.build(name, dim, **kwargs)
 
 

@@ -108,7 +108,6 @@ class VLModel(PreTrainedModel, GenerationMixin):
             feature_layer=config.vision_feature_layer, keep_cls=config.keep_cls, has_cls=self.has_cls,
             num_layers=vcfg.num_hidden_layers, **config.connector_kwargs)
         self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
-        self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
         self.inserted = nn.ModuleDict()
         # Models built by their constructor may leave the implementation unset (None), and then
         # transformers falls back to eager attention WITHOUT a causal mask: always pin it.
@@ -122,6 +121,8 @@ class VLModel(PreTrainedModel, GenerationMixin):
         # after post_init, so that inserting modules changes no other module's initialisation
         apply_insertions(self, config.insertions)
         self.compressor.attach(self)
+        # counted once attached: a method acting in a tower (ToMe) knows its count from the tower it patched
+        self.num_image_tokens = self.compressor.num_tokens(self.connector.num_tokens(self.num_patches))
 
     def _pin_vision_attention(self) -> None:
         # [cls]->patch importance needs attention probabilities, which only eager attention returns
@@ -135,16 +136,24 @@ class VLModel(PreTrainedModel, GenerationMixin):
         :meth:`VLProcessor.for_model` reads it from the model), and a batch expanded for another count
         is an error in :meth:`embed`. The tower's attention is re-pinned to eager when the method needs
         [cls] attention, and back to what it was otherwise. ``"identity"`` switches reduction off.
+        A method that cannot act on this model (ToMe's bound, FastV's layer) raises in ``attach``, and
+        the model keeps the method it had.
         """
         new = build_compressor(name, self.config.text_config.hidden_size, **options)
-        n = new.num_tokens(self.connector.num_tokens(self.num_patches))
         new.to(self.device)
-        self.compressor.detach(self)
+        old = self.compressor
+        old.detach(self)
+        try:
+            new.attach(self)  # checks the model before it patches anything
+            n = new.num_tokens(self.connector.num_tokens(self.num_patches))
+        except Exception:
+            new.detach(self)
+            old.attach(self)
+            raise
         self.compressor = new
         self.config.compressor, self.config.compressor_kwargs = name, dict(options)
         self.num_image_tokens = n
         self._pin_vision_attention()
-        new.attach(self)
 
     # --- building -----------------------------------------------------------------------
     @classmethod
