@@ -60,6 +60,23 @@ def image_key_mask(batch: int, key_len: int) -> torch.Tensor:
     return torch.cat([mask, pad], 1)
 
 
+def select_cache_rows(cache, rows: torch.Tensor) -> None:
+    """Keep (and repeat) rows ``rows`` of ``cache``, and of every per-row mask vlkit keeps on it (notebooks 03, 06).
+
+    What a continuation needs to know about a cached prefix lives on the cache object (a forward's
+    ``out.cache``) as [B, K] tensors named ``vlkit_*``: where its image tokens are
+    (``vlkit_image_mask``), which image slots the compressor left empty and the LLM must not see
+    (``vlkit_padded_mask``), which image tokens FastV pruned (``vlkit_fastv_pruned``). They follow the
+    cache's rows here, so that one prompt's cache copied per candidate stays consistent. This is the
+    one place that reindexes them: a method storing a new ``vlkit_*`` mask is covered without change.
+    """
+    rows = torch.as_tensor(rows, dtype=torch.long)
+    cache.batch_select_indices(rows)
+    for name, value in list(vars(cache).items()):
+        if name.startswith("vlkit_") and isinstance(value, torch.Tensor):
+            setattr(cache, name, value[rows.to(value.device)])
+
+
 def register_attention(name: str, fn: Callable, mask: Callable = eager_mask) -> None:
     """Register ``fn`` as attention implementation ``name`` (notebook 07).
 

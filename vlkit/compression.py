@@ -14,10 +14,14 @@ the LLM.
 
 A method that acts elsewhere (ToMe inside the vision tower, FastV inside the LLM) does its model
 surgery in ``attach(model)`` and undoes it in ``detach(model)``, which
-:meth:`vlkit.model.VLModel.set_token_reduction` calls when the method is switched on and off.
+:meth:`vlkit.model.VLModel.set_token_reduction` calls when the method is switched on and off. It
+checks the model in ``attach`` before it patches anything, and the model counts its tokens
+(``num_tokens``) only once it is attached; its ``compress`` is the default one (every slot filled),
+its ``forward`` the identity on the connector's tokens.
 
-The connector-side methods of notebook 06 (``vmtc``, ``visionzip``, ``prumerge``, ``pool``,
-``random``) live in :mod:`vlkit.compressors`, loaded on first use of this registry.
+The methods of notebook 06 live in :mod:`vlkit.compressors`, loaded on first use of this registry:
+connector-side ``vmtc``, ``visionzip``, ``prumerge``, ``pool``, ``random``; ``tome`` in the tower,
+``fastv`` in the LLM.
 """
 from __future__ import annotations
 
@@ -32,26 +36,27 @@ COMPRESSORS = Registry("compressor")
 register_compressor = COMPRESSORS.register
 
 
-def _builtin() -> None:
-    # imported here, not at the top: vlkit.compressors imports this module to register its classes
+def _register_all() -> None:
+    # the methods live in vlkit.compressors, which imports this module to register its classes:
+    # imported here, on first use of the registry, not at the top
     import vlkit.compressors  # noqa: F401
 
 
 def available_compressors() -> list[str]:
     """Names accepted by :func:`build_compressor`."""
-    _builtin()
+    _register_all()
     return COMPRESSORS.names()
 
 
 def build_compressor(name: str, dim: int, **kwargs) -> "Compressor":
     """Build the compressor registered as ``name`` for tokens of width ``dim`` (notebook 06)."""
-    _builtin()
+    _register_all()
     return COMPRESSORS.build(name, dim, **kwargs)
 
 
 def compressor_module(name: str) -> str:
     """The module that registers ``name``, saved with a model so that it reloads in a fresh process."""
-    _builtin()
+    _register_all()
     return COMPRESSORS.module_of(name)
 
 

@@ -114,7 +114,7 @@ class VLModel(PreTrainedModel, GenerationMixin):
         if config.compressor_module and config.compressor not in available_compressors():
             importlib.import_module(config.compressor_module)
         self.compressor = build_compressor(config.compressor, tcfg.hidden_size, **config.compressor_kwargs)
-        self.num_image_tokens = self._check_compressor(self.compressor)
+        self._check_compressor(self.compressor)  # counted below, once attached
         self.inserted = nn.ModuleDict()
         # Models built by their constructor may leave the implementation unset (None), and then
         # transformers falls back to eager attention WITHOUT a causal mask: always pin it.
@@ -128,14 +128,21 @@ class VLModel(PreTrainedModel, GenerationMixin):
         # after post_init, so that inserting modules changes no other module's initialisation
         apply_insertions(self, config.insertions)
         self.compressor.attach(self)
+        # counted once attached: a method acting in a tower (ToMe) knows its count from the tower it patched
+        self.num_image_tokens = self._count_tokens(self.compressor)
 
     def _pin_vision_attention(self) -> None:
         # [cls]->patch importance needs attention probabilities, which only eager attention returns
         self.vision_tower.set_attn_implementation(
             "eager" if self.compressor.needs_importance else self._vision_attention)
 
-    def _check_compressor(self, compressor) -> int:
-        """The compressor's token count for this model; a clear error when the model cannot feed it."""
+    def _check_compressor(self, compressor) -> None:
+        """A clear error when this model cannot feed ``compressor`` what it asks of the tower (notebook 06).
+
+        Checked before :meth:`Compressor.attach`, so nothing has changed yet; what a method acting in
+        the tower or the LLM needs of the model (ToMe's connector and bound, FastV's layer) its
+        ``attach`` checks, before it patches anything.
+        """
         n = self.connector.num_tokens(self.num_patches)
         name = compressor.name
         if compressor.needs_cls and not self.has_cls:
@@ -149,7 +156,11 @@ class VLModel(PreTrainedModel, GenerationMixin):
             if self.config.vision_feature_layer % (self.config.vision_config.num_hidden_layers + 1) == 0:
                 raise ValueError(f"compressor {name!r} reads the attention of the layer making the features, but "
                                  "vision_feature_layer 0 is the embeddings, which no attention layer makes")
-        return compressor.num_tokens(n)
+
+    def _count_tokens(self, compressor) -> int:
+        """The visual tokens ``compressor`` hands the LLM per image; asked once it is attached (ToMe
+        plans its merges from the tower it patched). A budget above the tokens raises here."""
+        return compressor.num_tokens(self.connector.num_tokens(self.num_patches))
 
     def set_token_reduction(self, name: str, **options) -> None:
         """Switch the visual-token compressor of a (trained) model to ``name`` (notebook 06).
@@ -159,19 +170,33 @@ class VLModel(PreTrainedModel, GenerationMixin):
         is an error in :meth:`embed`. The tower's attention is re-pinned to eager when the method needs
         [cls] attention, and back to what it was otherwise. ``"identity"`` switches reduction off.
         Bad options, a method the tower cannot feed (one ranking by [cls] attention on a tower without
-        [cls], or a connector whose tokens are not the patches) and a count above the tokens are
-        errors that leave the model as it was.
+        [cls], or a connector whose tokens are not the patches), a method that cannot act on this
+        model (ToMe's bound or connector, FastV's layer: refused in ``attach``) and a count above the
+        tokens are errors that leave the model as it was, with the method it had.
+
+        The order: check what the tower must feed, detach the old method, attach the new one, count its
+        tokens (ToMe knows its count only from the tower it patched); on any error there, the new
+        method is detached and the old one attached again.
         """
         new = build_compressor(name, self.config.text_config.hidden_size, **options)
-        n = self._check_compressor(new)
+        self._check_compressor(new)  # before anything changes
         new.to(self.device)
-        self.compressor.detach(self)
+        old = self.compressor
+        old.detach(self)
+        try:
+            new.attach(self)  # checks the model before it patches anything
+            n = self._count_tokens(new)
+        except Exception:
+            try:
+                new.detach(self)
+            finally:
+                old.attach(self)
+            raise
         self.compressor = new
         self.config.compressor, self.config.compressor_kwargs = name, dict(options)
         self.config.compressor_module = compressor_module(name)
         self.num_image_tokens = n
         self._pin_vision_attention()
-        new.attach(self)
 
     # --- building -----------------------------------------------------------------------
     @classmethod
@@ -242,8 +267,9 @@ class VLModel(PreTrainedModel, GenerationMixin):
                            text_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, CompressionContext]:
         """The connector's tokens [B, N, D_text] and what the compressor asks of the tower (notebook 06).
 
-        ``compressor.plan(*model.compression_inputs(pixels))`` is what a figure draws: which tokens
-        a method kept, merged where, or dropped.
+        ``compressor.plan(*model.compression_inputs(pixels))`` (a :class:`vlkit.compressors.PlanCompressor`)
+        is what a figure draws: which tokens a method kept, merged where, or dropped. With ToMe
+        attached the tokens are the merged ones the patched tower made.
         """
         c = self.compressor
         out = self.vision_tower(pixel_values=pixel_values.to(self.vision_dtype), output_hidden_states=True,
@@ -355,7 +381,7 @@ class VLModel(PreTrainedModel, GenerationMixin):
         b, t = inputs_embeds.shape[:2]
         if past is not None and past.shape[0] != b:
             raise RuntimeError(f"the cache hides padded image slots of {past.shape[0]} rows but the batch has {b}; "
-                               "reindex the cache with VLModel.select_cache_rows")
+                               "reindex the cache with vlkit.attention.select_cache_rows")
         if past is None:
             past = torch.zeros(b, cache.get_seq_length() if cache is not None else 0, dtype=torch.bool,
                                device=inputs_embeds.device)
@@ -363,17 +389,9 @@ class VLModel(PreTrainedModel, GenerationMixin):
             padded = torch.zeros(b, t, dtype=torch.bool, device=inputs_embeds.device)
         return torch.cat([past.to(padded.device), padded], 1)
 
-    @staticmethod
-    def select_cache_rows(cache, rows: torch.Tensor) -> None:
-        """Reindex ``cache`` (a forward's ``out.cache``) to ``rows``, with what vlkit records on it (notebook 03).
-
-        The cache's tensors, and its image positions and hidden padded slots, so a continuation on
-        more (or fewer) rows still knows both.
-        """
-        cache.batch_select_indices(rows)
-        for attr in ("vlkit_image_mask", "vlkit_padded_mask"):
-            if getattr(cache, attr, None) is not None:
-                setattr(cache, attr, getattr(cache, attr)[rows.to(getattr(cache, attr).device)])
+    # one copy of a prompt's cache per candidate (choice scoring): the cache's tensors with every
+    # vlkit_* mask stored on it (image positions, hidden padded slots, FastV's pruned tokens)
+    select_cache_rows = staticmethod(attention.select_cache_rows)
 
     def image_token_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor,
                          cache=None) -> torch.Tensor:
@@ -381,8 +399,9 @@ class VLModel(PreTrainedModel, GenerationMixin):
 
         Registered attention functions read it through :func:`vlkit.attention.image_key_mask`. The
         mask of a prefix that ran before (with ``use_cache``) is kept on its cache object
-        (``cache.vlkit_image_mask``; reindex it with the cache), so a continuation knows where the
-        prefix's image tokens were; a cache without one held text only.
+        (``cache.vlkit_image_mask``; :func:`vlkit.attention.select_cache_rows` reindexes it with the
+        cache), so a continuation knows where the prefix's image tokens were; a cache without one
+        held text only.
         """
         new = (input_ids == self.config.image_token_id if input_ids is not None
                else torch.zeros(inputs_embeds.shape[:2], dtype=torch.bool, device=inputs_embeds.device))

@@ -117,7 +117,7 @@ class ModelSpec:
         from vlkit.compression import available_compressors
         from vlkit.connectors import CONNECTORS
         _known("connector", self.connector, CONNECTORS.names())
-        _known("compressor", self.compressor, available_compressors())
+        _known("compressor", self.compressor, available_compressors())  # registers vlkit.compressors
         _known("attention function", self.attention, available_attention())
         from vlkit.templates import CHOICES
         _known("conversation template", self.template, list(CHOICES))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlkit import world
+from vlkit import attention, world
 from vlkit.benchmarks import scienceqa as sqa
 from vlkit.processor import IGNORE
 
@@ -111,8 +111,9 @@ def continuation_scores(model, processor, prompts: Sequence[str], images: Sequen
                     position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True, logits_to_keep=1)
         rows = [r for r, k in enumerate(chunk) for _ in encoded[k][1]]
         answers = processor.pad([s for k in chunk for s in encoded[k][1]], side="right")
-        # one copy of its prompt's cache per candidate, with where its image tokens (and hidden slots) are
-        model.select_cache_rows(out.cache, torch.tensor(rows))
+        # one copy of its prompt's cache per candidate, with every mask vlkit keeps on it: where its
+        # image tokens are, the compressor's hidden (padded) slots, FastV's pruned tokens
+        attention.select_cache_rows(out.cache, torch.tensor(rows))
         start = mask.sum(1)[rows].unsqueeze(1)
         logits = model(input_ids=answers["input_ids"], cache=out.cache,
                        attention_mask=torch.cat([mask[rows], answers["attention_mask"]], 1),
