@@ -47,12 +47,31 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
         assert n["metrics"], f"{n['notebook']} recorded no metric"
     assert any((tmp_path / "figures").glob("*.png")), "notebooks saved no figure"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
-    # notebooks 03 and 04 wrote one result per evaluated row into the run folder, in the schema
+    # notebooks 03, 04 and 06 wrote one result per evaluated row into the run folder, in the schema
     from vlkit import results
+    from vlkit.recipes import compression
     written = results.load(run_dir)
-    assert {r["notebook"] for r in written} == {"03", "04"} and len(results.load(run_dir, "03")) >= 5
-    assert len({(r["variant"], r["train_seed"]) for r in written if r["notebook"] == "04"}) == len(
-        results.load(run_dir, "04"))  # no two rows of notebook 04 share a file
+    assert {"03", "04", "06"} <= {r["notebook"] for r in written} and len(results.load(run_dir, "03")) >= 5
+    for nb in ("04", "06"):  # no two rows of a notebook share a file
+        assert len({(r["variant"], r["train_seed"]) for r in written if r["notebook"] == nb}) == len(
+            results.load(run_dir, nb))
+    # notebook 06: every grid point (every method at least once), three fine-tuned VMTC seeds and the best
+    # other method, each with the counting subset, the short-answer set and, for the grid, its tokens and
+    # the latency measured against the uncompressed model in the same process
+    nb06 = {(r["variant"], r["train_seed"]): r for r in results.load(run_dir, "06")}
+    grid = [p.name for p in compression.grid(compression.CompressionConfig.for_profile("smoke"))]
+    assert {(name, 0) for name in grid} <= set(nb06)
+    assert sum(v == "vmtc 50%, fine-tuned" for v, _ in nb06) == 3
+    assert sum(v.endswith("fine-tuned") and not v.startswith("vmtc") for v, _ in nb06) == 1
+    for (variant, _), r in nb06.items():
+        assert {"Counting", "Short VQA"} <= set(r["metrics"]) and "chance" in r["baselines"]["Short VQA"]
+        assert r["prefill_flops"] == r["prefill_flops_analytic"]["tiny"]["total"] > 0
+        if not variant.endswith("fine-tuned"):
+            assert r["latency"]["reference"] == compression.REFERENCE and r["metrics"]["Visual tokens"] > 0
+    assert nb06[("vmtc 50%", 0)]["metrics"]["Visual tokens"] <= 32
+    metrics06 = next(n["metrics"] for n in record["notebooks"] if n["notebook"].startswith("06"))
+    assert metrics06["tome_lowest_ratio"] == 0.5 and metrics06["vmtc_kept_at_50_img_verdict"] in (
+        "reproduced", "not reproduced", "not distinguishable", "not testable at this scale")
     assert all((run_dir / "results" / r["notebook"] / r["predictions"]).is_file() for r in written)
     # the dry run computes the notebooks' own cache paths: after the run, everything is cached
     plan = runs.dry_run("smoke")

@@ -8,6 +8,7 @@ would train and evaluate and what of it is cached (``vlkit run --dry-run``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from vlkit import results as R
 from vlkit.eval.suite import Evaluation, evaluate
@@ -49,20 +50,31 @@ def predictions(problems: dict[str, dict], raw: dict) -> list[dict]:
     return rows
 
 
-def run(notebook: str, rows: list[Row], progress: bool = True) -> list[Outcome]:
-    """Train and evaluate every row (each cached), publish its result; returns the outcomes in row order."""
+def run(notebook: str, rows: list[Row], progress: bool = True,
+        extra: Callable[[Row, dict], dict] | None = None) -> list[Outcome]:
+    """Train and evaluate every row (each cached), publish its result; returns the outcomes in row order.
+
+    ``extra(row, raw)``: more of the result, measured apart from the common suite (notebook 06's counting
+    subset and short-answer set, its in-process latency): its ``metrics`` and ``baselines`` are added to the
+    result's, any other key replaces the result's (e.g. ``latency`` with an in-process reference)."""
     from vlkit.benchmarks import scienceqa as sqa
     from vlkit.eval.scienceqa import baselines
     from vlkit.stages import stage_info
     from vlkit.world.scienceqa import ensure_scienceqa
     out = []
+    read: dict = {}  # (benchmark, split) -> (test problems, baselines): read once, not once per row
     for row in rows:
         ev = row.evaluation
         raw = evaluate(ev)
         root = ensure_scienceqa(ev.spec.scienceqa)
-        test = sqa.select(sqa.load_problems(root), split=ev.spec.split)
+        if (root, ev.spec.split) not in read:
+            read[root, ev.spec.split] = (sqa.select(sqa.load_problems(root), split=ev.spec.split),
+                                         baselines(root, ev.spec.split))
+        test, base = read[root, ev.spec.split]
         infos = [stage_info(s, progress) for s in ev.stage.chain]
-        result = R.from_evaluation(notebook, row.name, ev, raw, baselines(root, ev.spec.split), infos)
+        result = R.from_evaluation(notebook, row.name, ev, raw, base, infos)
+        for key, value in (extra(row, raw) if extra is not None else {}).items():
+            result[key] = {**result[key], **value} if key in ("metrics", "baselines") else value
         path = R.publish(result, predictions(test, raw), files={"answers.jsonl": sqa.answers_jsonl(raw["answers"], test)})
         out.append(Outcome(row, {**result, "predictions": path.name.replace(".json", ".predictions.jsonl")}, raw))
     return out

@@ -57,8 +57,28 @@ def notebook_04(p: dict) -> list[str]:
                                   + bottleneck.lora16_rows(cfg, list(p.get("train_seeds", [0]))[0])))
 
 
+def notebook_06(p: dict) -> list[str]:
+    from vlkit import experiment
+    from vlkit.eval import short_vqa
+    from vlkit.recipes import compression as C
+    cfg, grid, reference, finetuned = C.from_parameters(**p)
+    spec = cfg.short_vqa_spec()
+    lines = ["  (training-free grid on notebook 03's main model)"] + experiment.describe(grid)
+    lines += [f"  skip  {method} {C.percent(ratio)}: {why}" for method, ratio, why in C.skipped(cfg)]
+    lines += ["  (notebook 03's main row at every training seed: the uncompressed arm)"] + experiment.describe(reference)
+    lines += ["  (stage 2 trained with compression on)"] + experiment.describe(finetuned)
+    if not any(r.name != C.finetuned_name("vmtc", cfg) for r in finetuned):
+        lines.append(f"  train the best other method at {C.percent(cfg.finetune_ratio)}: chosen once the grid "
+                     "at that ratio is evaluated")
+    for row in grid + reference + finetuned:
+        ev = row.evaluation
+        done = short_vqa.is_done(ev.stage, spec, ev.switches)
+        lines.append(f"  short VQA {row.name + f' (seed {row.seed})':<36} {'cached' if done else 'to evaluate'}")
+    return lines
+
+
 PLANS: dict[str, Callable[[dict], list[str]]] = {"01": notebook_01, "02": notebook_02, "03": notebook_03,
-                                                 "04": notebook_04}
+                                                 "04": notebook_04, "06": notebook_06}
 
 
 def describe(notebook: str, parameters: dict) -> list[str]:

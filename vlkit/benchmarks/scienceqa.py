@@ -36,6 +36,8 @@ REQUIRED = ("question", "choices", "answer", "hint", "image", "subject", "grade"
 OPTIONAL = ("task", "topic", "category", "skill", "lecture", "solution")
 # The subset the notebook reports against the bag-of-attributes baseline.
 BINDING_CATEGORY = "Attribute binding"
+# The counting questions ("How many shapes are in the picture?"), notebook 06's counting subset.
+COUNTING_CATEGORY = "Counting"
 LLAVA_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 # For answers given as the option's text (scored by likelihood, see vlkit.eval.scoring.rank_choices).
 CHOICE_INSTRUCTION = "Answer with the text of the correct option."

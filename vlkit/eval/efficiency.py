@@ -76,3 +76,57 @@ def prefill_latency(model, batch: dict, reference: Callable[[], object] | None =
            "reference_ms": statistics.median(ref) if ref else None}
     out["ratio"] = out["prefill_ms"] / out["reference_ms"] if ref else None
     return out
+
+
+@torch.no_grad()
+def interleaved_prefills(model, configs: dict[str, tuple[Callable[[], None], dict]], reference: str | None = None,
+                         repeats: int = 7, warmup: int = 1) -> dict[str, dict]:
+    """Median prefill milliseconds of several configurations of one model, measured in turn (notebook 06).
+
+    ``configs``: name -> ``(setup, batch)``; ``setup()`` switches the model to that configuration (e.g.
+    :meth:`vlkit.model.VLModel.set_token_reduction`; not timed) and ``batch`` is its prompt batch. Each of
+    ``repeats`` rounds runs every configuration once, the round starting one configuration further on, so
+    that a slow phase of a shared VM hits them all and none always runs right after the same other one.
+    Each prefill is split at the LLM (hooks on ``model.language_model``): ``llm_ms`` is the LLM's forward,
+    ``rest_ms`` everything before it (vision tower, connector, compressor, embedding). Returns per name the
+    medians ``prefill_ms``, ``llm_ms``, ``rest_ms``, the batch's ``batch`` and ``tokens``, ``repeats``, and
+    ``ratio`` (``prefill_ms`` over ``reference``'s, when ``reference`` names one of the configurations).
+    """
+    if not configs:
+        raise ValueError("interleaved_prefills: no configurations")
+    if reference is not None and reference not in configs:
+        raise ValueError(f"reference {reference!r} is not one of the configurations: {', '.join(configs)}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    model.eval()
+    llm = model.language_model
+    span: list[float] = []
+    hooks = [llm.register_forward_pre_hook(lambda *_: span.append(time.perf_counter())),
+             llm.register_forward_hook(lambda *_: span.append(time.perf_counter()))]
+    names = list(configs)
+    times: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+    try:
+        for r in range(warmup + repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                setup, batch = configs[name]
+                setup()
+                span.clear()
+                t = time.perf_counter()
+                model(**batch)
+                total = time.perf_counter() - t
+                if r >= warmup:
+                    times[name].append((1000 * total, 1000 * (span[-1] - span[0]) if len(span) >= 2 else 0.0))
+    finally:
+        for h in hooks:
+            h.remove()
+    out = {}
+    for name in names:
+        batch = configs[name][1]
+        out[name] = {"prefill_ms": statistics.median(t for t, _ in times[name]),
+                     "llm_ms": statistics.median(m for _, m in times[name]),
+                     "rest_ms": statistics.median(t - m for t, m in times[name]),
+                     "batch": int(batch["input_ids"].shape[0]), "tokens": int(batch["input_ids"].shape[1]),
+                     "repeats": repeats, "reference": reference}
+    for name in names:
+        out[name]["ratio"] = out[name]["prefill_ms"] / out[reference]["prefill_ms"] if reference else None
+    return out

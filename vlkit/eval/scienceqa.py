@@ -42,6 +42,11 @@ def binding_subset(problems: dict[str, dict]) -> dict[str, dict]:
     return sqa.select(problems, category=sqa.BINDING_CATEGORY)
 
 
+def counting_subset(problems: dict[str, dict]) -> dict[str, dict]:
+    """The counting problems ("How many shapes are in the picture?"), by their category (notebook 06)."""
+    return sqa.select(problems, category=sqa.COUNTING_CATEGORY)
+
+
 def subset_accuracy(subset: dict[str, dict], answers: dict[str, str]) -> float | None:
     """Accuracy (%) over ``subset`` of answers given for a superset of problems."""
     if not subset:

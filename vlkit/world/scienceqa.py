@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 from vlkit import atomic, cache, paths
 from vlkit import world as W
-from vlkit.benchmarks.scienceqa import BINDING_CATEGORY, SPLITS, image_path, select, to_llava_json
+from vlkit.benchmarks.scienceqa import BINDING_CATEGORY, COUNTING_CATEGORY, SPLITS, image_path, select, to_llava_json
 from vlkit.english import is_are, plural
 
 
@@ -102,7 +102,7 @@ def _count_all(rng, scene):
     pool = [str(i) for i in range(1, 8)]
     return dict(question="How many shapes are in the picture?",
                 choices=_pick(rng, str(n), [], pool), grade=f"grade{rng.choice([1, 2])}",
-                topic="counting", category="Counting", skill="Count the objects in a picture",
+                topic="counting", category=COUNTING_CATEGORY, skill="Count the objects in a picture",
                 lecture="To count objects, point at each one exactly once.",
                 solution=f"The picture shows {n} {plural('shape', n)}.")
 
@@ -113,7 +113,7 @@ def _count_color(rng, scene):
     n = sum(o.color == color for o in scene.objects)
     return dict(question=f"How many {color} shapes are in the picture?",
                 choices=_pick(rng, str(n), [], [str(i) for i in range(0, 6)]),
-                grade=f"grade{rng.choice([3, 4])}", topic="counting", category="Counting",
+                grade=f"grade{rng.choice([3, 4])}", topic="counting", category=COUNTING_CATEGORY,
                 skill="Count objects of one colour",
                 lecture="Count only the objects that have the colour asked about.",
                 solution=f"There {is_are(n)} {n} {color} {plural('shape', n)}.")
