@@ -47,10 +47,10 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
         assert n["metrics"], f"{n['notebook']} recorded no metric"
     assert any((tmp_path / "figures").glob("*.png")), "notebooks saved no figure"
     assert json.loads((run_dir / "run.json").read_text())["status"] == "ok"
-    # notebooks 03 and 04 wrote one result per evaluated row into the run folder, in the schema
+    # notebooks 03, 04 and 05 wrote one result per evaluated row into the run folder, in the schema
     from vlkit import results
     written = results.load(run_dir)
-    assert {r["notebook"] for r in written} == {"03", "04"} and len(results.load(run_dir, "03")) >= 5
+    assert {r["notebook"] for r in written} == {"03", "04", "05"} and len(results.load(run_dir, "03")) >= 5
     assert len({(r["variant"], r["train_seed"]) for r in written if r["notebook"] == "04"}) == len(
         results.load(run_dir, "04"))  # no two rows of notebook 04 share a file
     assert all((run_dir / "results" / r["notebook"] / r["predictions"]).is_file() for r in written)
