@@ -38,3 +38,22 @@ def test_zero_shot_tasks_are_generated_once_and_named(cfg):
     assert cfg.task_folder("pope") == folder and cache.BUILDS["zeroshot-pope"] == before + 1
     with pytest.raises(ValueError, match="unknown zero-shot task 'vqa'; known: pope, memes, textvqa"):
         cfg.task_folder("vqa")
+
+
+@pytest.mark.slow
+def test_zero_shot_results_are_kept_per_stage_and_read_back_without_the_model(cfg, monkeypatch):
+    import vlkit.stages
+    out = cfg.zeroshot(cfg.start(), sweep=True)
+    assert set(out) == set(VL.SCORED)
+    for task, r in out.items():
+        n = cfg.n_questions
+        assert len(r["question_ids"]) == n and all(len(r["predictions"][a]) == n for a in ("original", "ias", "ico"))
+        assert len(r["sweep"]) == 16 and r["cost"]["forward_passes_per_question"] > 0
+    assert len(set(out["pope"]["starts"])) > 1  # the questions start from different phrasings
+
+    def no_model(*a, **k):
+        raise AssertionError("a cached zero-shot result loaded the model")
+    monkeypatch.setattr(vlkit.stages, "load_stage", no_model)
+    assert cfg.zeroshot(cfg.start(), sweep=True) == out
+    with pytest.raises(AssertionError, match="loaded the model"):  # another spec is another result
+        cfg.zeroshot(cfg.start(), sweep=False)

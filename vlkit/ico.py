@@ -20,6 +20,7 @@ from vlkit.tokens import with_image
 
 COMPARE_HEADER = "Candidate instructions for this image, with their alignment scores (lower is better):"
 COMPARE_QUESTION = "Which instruction is better? Answer with its letter."
+WRITE_QUESTION = "Write the best instruction for this image."
 
 
 @dataclass
@@ -45,10 +46,11 @@ class Optimised:
         return self.candidates[self.ias_pick]
 
 
-def comparison_prompt(candidates: Sequence[str], scores: Sequence[float], image: bool = True) -> str:
-    """The in-context comparison: every candidate under a letter with its IAS, then the question."""
+def comparison_prompt(candidates: Sequence[str], scores: Sequence[float], image: bool = True,
+                      question: str = COMPARE_QUESTION) -> str:
+    """The in-context comparison: every candidate under a letter with its IAS, then ``question``."""
     lines = [f"{string.ascii_uppercase[j]}. {c} (score {s:.2f})" for j, (c, s) in enumerate(zip(candidates, scores))]
-    return with_image("\n".join([COMPARE_HEADER, *lines, COMPARE_QUESTION]), image)
+    return with_image("\n".join([COMPARE_HEADER, *lines, question]), image)
 
 
 def ico(model, processor, images: Sequence[Any], instructions: Sequence[str],
@@ -80,6 +82,18 @@ def ico(model, processor, images: Sequence[Any], instructions: Sequence[str],
     picks = continuation_scores(model, processor, prompts, images, letters, batch_size=batch_size,
                                 desc="ICO comparison", progress=False)
     return [Optimised(c, s, max(range(len(p)), key=lambda j: p[j][0])) for c, s, p in zip(candidates, scores, picks)]
+
+
+def write_instruction(model, processor, images: Sequence[Any], optimised: Sequence[Optimised],
+                      max_new_tokens: int = 24) -> list[str]:
+    """The paper's free form of the comparison: shown the candidates and their scores, the model *writes*
+    the optimised instruction (greedy), instead of picking a letter (notebook 05, on a small subset)."""
+    from vlkit.eval.scoring import generate
+    if len(images) != len(optimised):
+        raise ValueError(f"{len(images)} images but {len(optimised)} optimised instructions")
+    prompts = [comparison_prompt(o.candidates, o.ias, image=img is not None, question=WRITE_QUESTION)
+               for o, img in zip(optimised, images)]
+    return generate(model, processor, prompts, list(images), max_new_tokens=max_new_tokens, progress=False)
 
 
 @contextlib.contextmanager

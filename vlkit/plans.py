@@ -57,6 +57,23 @@ def notebook_04(p: dict) -> list[str]:
                                   + bottleneck.lora16_rows(cfg, list(p.get("train_seeds", [0]))[0])))
 
 
+def notebook_05(p: dict) -> list[str]:
+    from vlkit import experiment
+    from vlkit.recipes import vislinginstruct as VL
+    from vlkit.zeroshot.evaluation import is_done
+    cfg, rows = VL.from_parameters(**p)
+    seeds = list(p.get("train_seeds", [0]))
+    lines = experiment.describe(rows)
+    # the phrasing sweep runs on notebook 03's model only (the notebook's 10-minute budget holds one)
+    models = [("notebook 03's main model", cfg.start(), True)] + [
+        (f"{name} (seed {s})", st, False) for name, sts in VL.stages(cfg, seeds).items() for s, st in zip(seeds, sts)]
+    for label, stage, sweep in models:
+        for task in VL.SCORED:
+            state = "cached" if is_done(stage, cfg.zeroshot_spec(task, sweep)) else "to evaluate"
+            lines.append(f"  zero-shot {task:>6} {label:<32} {state}")
+    return lines
+
+
 def notebook_06(p: dict) -> list[str]:
     from vlkit import experiment
     from vlkit.eval import short_vqa
@@ -78,7 +95,8 @@ def notebook_06(p: dict) -> list[str]:
 
 
 PLANS: dict[str, Callable[[dict], list[str]]] = {"01": notebook_01, "02": notebook_02, "03": notebook_03,
-                                                 "04": notebook_04, "06": notebook_06}
+                                                 "04": notebook_04, "05": notebook_05,
+                                                 "06": notebook_06}
 
 
 def describe(notebook: str, parameters: dict) -> list[str]:

@@ -105,3 +105,19 @@ def category_table(results: list[dict], cells: dict[str, tuple], columns=("NAT",
                 out.append({"variant": r["variant"], "cell": cells[r["variant"]], "category": c,
                             "accuracy": r["metrics"]["ScienceQA"][c]})
     return pd.DataFrame(out)
+
+
+def means_table(results: list[dict], columns: tuple[str, ...] = ("Avg", "IMG", "TXT", "NO", "Binding", "Rel. score")
+                ) -> pd.DataFrame:
+    """One row per variant: the mean of each column over its training seeds, with the seeds' sd of Avg
+    and their count (notebook 05's before / after table)."""
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["variant"], []).append(_row(r))
+    rows = {}
+    for variant, rs in by.items():
+        row = {c: mean_sd([x[c] for x in rs if x[c] is not None])[0] if any(x[c] is not None for x in rs) else None
+               for c in columns}
+        row.update({"Avg sd": mean_sd([x["Avg"] for x in rs])[1], "seeds": len(rs)})
+        rows[variant] = row
+    return pd.DataFrame.from_dict(rows, orient="index").astype(float).round(2)

@@ -130,8 +130,18 @@ def load(folder: str | Path) -> list[dict]:
     return load_items(Path(folder) / "test.jsonl")
 
 
-def evaluate(model, processor, folder: str | Path, items: list[dict], phrasing: str, batch_size: int = 32) -> dict:
-    """AUROC and accuracy with every item asked in ``phrasing``; P(misfit) from the "Yes" / "No" likelihoods."""
+def predict(model, processor, folder: str | Path, items: list[dict], phrasing, batch_size: int = 32) -> list[float]:
+    """Each item's P(label 1) (:func:`misfit_probability` of the "Yes" / "No" likelihoods) asked in ``phrasing``."""
     from vlkit.zeroshot.scoring import ask
     _, sums = ask(model, processor, folder, items, phrasing, ANSWERS, batch_size=batch_size)
-    return score(items, {q["id"]: misfit_probability(*s) for q, s in zip(items, sums)})
+    return [misfit_probability(*s) for s in sums]
+
+
+def correct(items: list[dict], predictions: list[float]) -> list[bool]:
+    """Per item, whether P(label 1) > 0.5 is its label (the accuracy's decision)."""
+    return [(p > 0.5) == bool(q["label"]) for q, p in zip(items, predictions, strict=True)]
+
+
+def evaluate(model, processor, folder: str | Path, items: list[dict], phrasing, batch_size: int = 32) -> dict:
+    """AUROC and accuracy with every item asked in ``phrasing`` (:func:`predict`)."""
+    return score(items, {q["id"]: p for q, p in zip(items, predict(model, processor, folder, items, phrasing, batch_size))})

@@ -128,7 +128,18 @@ def load(folder: str | Path) -> list[dict]:
     return load_questions(Path(folder) / "questions.jsonl")
 
 
-def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing: str, batch_size: int = 32) -> dict:
-    """POPE's metrics with every question asked in ``phrasing``, answered by the likelier of "Yes" / "No"."""
-    from vlkit.zeroshot.scoring import metrics_of_picks
-    return metrics_of_picks(model, processor, folder, questions, phrasing, ANSWERS, score, batch_size)
+def predict(model, processor, folder: str | Path, questions: list[dict], phrasing, batch_size: int = 32) -> list[str]:
+    """Each question's answer, the likelier of "Yes" / "No", asked in ``phrasing`` (in question order)."""
+    from vlkit.zeroshot.scoring import ask
+    return ask(model, processor, folder, questions, phrasing, ANSWERS, batch_size=batch_size)[0]
+
+
+def correct(questions: list[dict], predictions: list[str]) -> list[bool]:
+    """Per question, whether the answer (parsed as POPE does) is its label."""
+    return [answer_label(str(p)) == q["label"].lower() for q, p in zip(questions, predictions, strict=True)]
+
+
+def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing, batch_size: int = 32) -> dict:
+    """POPE's metrics with every question asked in ``phrasing`` (:func:`predict`)."""
+    answers = predict(model, processor, folder, questions, phrasing, batch_size)
+    return score(questions, {q["question_id"]: a for q, a in zip(questions, answers)})

@@ -33,10 +33,3 @@ def ask(model, processor, folder: str | Path, questions: Sequence[dict], phrasin
                                  where=[f"question {q['question_id']}" for q in questions])
     sums = [[s for s, _ in row] for row in scores]
     return [classes[max(range(len(classes)), key=row.__getitem__)] for row in sums], sums
-
-
-def metrics_of_picks(model, processor, folder: str | Path, questions: Sequence[dict], phrasing: str | Sequence[str],
-                     classes: Sequence[str], score, batch_size: int = 32) -> dict:
-    """``score(questions, {question_id: picked class})`` with every question asked in ``phrasing``."""
-    picks, _ = ask(model, processor, folder, questions, phrasing, classes, batch_size=batch_size)
-    return score(questions, {q["question_id"]: p for q, p in zip(questions, picks)})

@@ -123,7 +123,19 @@ def load(folder: str | Path) -> list[dict]:
     return load_questions(Path(folder) / "TextVQA_test.json")
 
 
-def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing: str, batch_size: int = 32) -> dict:
-    """VQA accuracy with every question asked in ``phrasing``, answered by the likeliest of the world's words."""
-    from vlkit.zeroshot.scoring import metrics_of_picks
-    return metrics_of_picks(model, processor, folder, questions, phrasing, ANSWERS, score, batch_size)
+def predict(model, processor, folder: str | Path, questions: list[dict], phrasing, batch_size: int = 32) -> list[str]:
+    """Each question's answer, the likeliest of the world's words, asked in ``phrasing`` (in question order)."""
+    from vlkit.zeroshot.scoring import ask
+    return ask(model, processor, folder, questions, phrasing, ANSWERS, batch_size=batch_size)[0]
+
+
+def correct(questions: list[dict], predictions: list[str]) -> list[bool]:
+    """Per question, whether the answer is its annotators' most common one."""
+    return [normalise(p) == max(q["answers"], key=q["answers"].count).lower()
+            for q, p in zip(questions, predictions, strict=True)]
+
+
+def evaluate(model, processor, folder: str | Path, questions: list[dict], phrasing, batch_size: int = 32) -> dict:
+    """VQA accuracy with every question asked in ``phrasing`` (:func:`predict`)."""
+    answers = predict(model, processor, folder, questions, phrasing, batch_size)
+    return score(questions, {q["question_id"]: a for q, a in zip(questions, answers)})
