@@ -8,7 +8,7 @@ Two models with random weights, built from transformers configs (no downloads, t
 - *stand-in*: LLaVA-1.5's proportions, compute-bound: 576 visual tokens (336 px, 14 px patches) from a
   shallow, narrow CLIP (4 layers x 256, MLP 1024, 4 heads: ~4% of the prefill's FLOPs, as CLIP-L is of
   LLaVA-1.5-7B's), ``mlp2x_gelu`` connector, Llama 12 layers x 768 (MLP 2048, 12 heads, vocabulary
-  2048, so the LM head is ~2% of the prefill as in LLaVA-7B); 100 text tokens.
+  2048, so the LM head is 1.5% of the prefill, LLaVA-7B's ~2%); 100 text tokens.
 
 For each method of notebook 06 at ``keep_ratio=0.5`` (``vmtc``, ``visionzip``, ``prumerge``, ``pool``,
 ``random`` between connector and LLM; ``tome`` in the tower; ``fastv`` with K=1 in the LLM) against the
@@ -29,9 +29,14 @@ slow phase of a shared machine hits both halves of a pair. Reported per method:
   layers' own norms, attention and MLP (matching, merging, sorting); FastV, its hooks and ranking
   (choosing the kept tokens at layer K, gathering them, putting the logits back in place).
 
-Both towers and LLMs run eager attention: FastV ranks by eager attention probabilities and VMTC,
-VisionZip and PruMerge read the tower's [cls] attention, which only eager returns, so the reference
-runs the same kernels (and the workbook's recipe trains the LLM with eager attention on CPU). Precision:
+The towers run eager attention (VMTC, VisionZip and PruMerge read the [cls] attention, which only eager
+returns), and so does the LLM by default: FastV ranks by eager attention probabilities, so the reference
+runs the kernels FastV runs, and notebook 03's recipe trains the LLM with eager attention on CPU. Eager
+attention's elementwise work over [B, heads, T, T] (mask, fp32 softmax, casts) is memory-bound and not
+in the FLOP count, so savings come out above the prediction; ``--llm-attention sdpa`` measures against
+SDPA's fused kernel, where time follows the FLOPs (and FastV, switching the LLM to its eager attention,
+pays for it; docs/speed.md has both). The stand-in's batch of 2 already multiplies 1,352-row activations
+in every linear layer (a bigger batch only lengthens the run on 2 cores). Precision:
 ``--precision auto`` (the default) is bf16 autocast where the CPU computes bf16 natively, as
 ``vlkit.train.hardware.resolve_precision`` decides for training, else fp32. A FlopCounterMode check on
 the tiny model confirms that each timed forward computes what the analytic count says (FastV drops).
