@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 
+import pytest
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -69,3 +70,13 @@ class ColorDataset(Dataset):
         return {"id": str(i), "image": Image.new("RGB", (16, 16), COLORS[c]),
                 "conversations": [{"from": "human", "value": "<image>\nwhat color is the image?"},
                                   {"from": "gpt", "value": f"it is {c}."}]}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Import into a test module to run it on one torch thread: tiny tensors run far faster on one thread
+    than on two of a shared 2-core machine, where the second spin-waits."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

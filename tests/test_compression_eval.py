@@ -18,6 +18,7 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel, 
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _vltiny as T  # noqa: E402
+from _vltiny import one_thread  # noqa: E402,F401  (autouse: one torch thread in this module)
 
 from vlkit.compressors.fastv import kept_count  # noqa: E402
 from vlkit.eval import compression as CE  # noqa: E402
@@ -27,15 +28,6 @@ from vlkit.plots import compression as plots  # noqa: E402
 from vlkit.processor import VLProcessor  # noqa: E402
 
 N = 16  # 32 px images, 8 px patches
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: one thread is much faster than two on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

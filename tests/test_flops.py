@@ -9,6 +9,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaFo
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _vltiny as T  # noqa: E402
+from _vltiny import one_thread  # noqa: E402,F401  (autouse: one torch thread in this module)
 
 from vlkit.compression import Compressor  # noqa: E402
 from vlkit.connectors import MLPConnector  # noqa: E402
@@ -16,15 +17,6 @@ from vlkit.eval.efficiency import prefill_flops as measured_flops  # noqa: E402
 from vlkit.flops import (ConnectorCost, FastV, Keep, Stack, ToMe, llava_7b, prefill_flops,  # noqa: E402
                          reduction_for, shapes_of)
 from vlkit.model import VLModel  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: one thread is much faster than two on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _batch(m, n_text=6):

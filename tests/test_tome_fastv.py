@@ -10,6 +10,7 @@ from transformers import (CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel,
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _vltiny as T  # noqa: E402
+from _vltiny import one_thread  # noqa: E402,F401  (autouse: one torch thread in this module)
 
 from vlkit.attention import set_attention  # noqa: E402
 from vlkit.compressors.fastv import select_kept  # noqa: E402
@@ -19,15 +20,6 @@ from vlkit.eval.scoring import continuation_scores  # noqa: E402
 from vlkit.insertions import blocks  # noqa: E402
 from vlkit.model import VLModel  # noqa: E402
 from vlkit.processor import VLProcessor  # noqa: E402
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny tensors: one thread is ~100x faster than two on a shared 2-core machine (no spin-waiting)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _model(image=64, vision_layers=4, llm_layers=2, seed=0, **kwargs):
