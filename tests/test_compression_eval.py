@@ -98,7 +98,7 @@ def test_measure_gives_every_configuration_tokens_flops_and_interleaved_latency(
         assert o["flops"]["total"] == sum(o["flops"][k] for k in ("vision", "connector", "compressor", "llm", "lm_head"))
     assert out["pool 25%"]["flops"]["llm"] < out["vmtc 50%"]["flops"]["llm"] < ref["flops"]["llm"]
     assert out["vmtc 50%"]["flops"]["compressor"] > 0 == ref["flops"]["compressor"]  # its k-means is counted
-    assert out["tome 50%"]["flops"]["vision"] < ref["flops"]["vision"] and out["tome 50%"]["tome_plan"] == [8]
+    assert out["tome 50%"]["flops"]["vision"] < ref["flops"]["vision"] and out["tome 50%"]["tome_merges"] == [8]
     # at LLaVA-7B's 576 patches the LLM dominates, so half the tokens saves more there than here
     assert out["vmtc 50%"]["flops_7b"]["total"] / ref["flops_7b"]["total"] < (
         out["vmtc 50%"]["flops"]["total"] / ref["flops"]["total"])

@@ -106,7 +106,7 @@ def test_tome_tower_returns_n_minus_merges_with_cls_kept_and_log_size_in_the_mas
     m = _model()
     px = torch.randn(2, 3, 64, 64)
     m.set_token_reduction("tome", r=8)
-    assert m.compressor.plan == [8, 8, 8] and m.num_image_tokens == 64 - 3 * 8
+    assert m.compressor.merges == [8, 8, 8] and m.num_image_tokens == 64 - 3 * 8
     seen = []
     blocks(m, "vision")[1].self_attn.register_forward_pre_hook(
         lambda mod, a, kw: seen.append(kw["attention_mask"]), with_kwargs=True)
@@ -126,7 +126,7 @@ def test_tome_tower_returns_n_minus_merges_with_cls_kept_and_log_size_in_the_mas
     assert seen[0].shape == (2, 1, 1, 57) and torch.equal(seen[0], proportional_bias(by_hand))
     assert (by_hand > 1).any()
     m.set_token_reduction("tome", keep_ratio=0.125)  # the docstring's lowest ratio on this tower
-    assert m.compressor.plan == [32, 16, 8] and m.num_image_tokens == 8
+    assert m.compressor.merges == [32, 16, 8] and m.num_image_tokens == 8
 
 
 def test_tome_with_r0_is_the_tower_and_detach_restores_it():
@@ -346,6 +346,22 @@ def test_fastv_with_a_kv_cache_keeps_the_prompts_decision(fv):
     flat = lambda s: torch.tensor([v for row in s for v, _ in row])  # noqa: E731
     torch.testing.assert_close(flat(kept_all), flat(plain), atol=1e-4, rtol=1e-5)
     assert not torch.allclose(flat(pruned_scores), flat(plain), atol=1e-4)
+
+
+def test_fastv_runs_eager_attention_only_where_it_ranks_unless_capturing(fv, monkeypatch):
+    import vlkit.attention as A
+    m, _, batches = fv
+    eager_layers = []
+    real = A.eager_attention
+    monkeypatch.setattr(A, "eager_attention", lambda mod, *a, **kw: eager_layers.append(mod.layer_idx) or real(mod, *a, **kw))
+    m.set_token_reduction("fastv", K=K, keep_ratio=0.5)  # on the fixture's SDPA LLM
+    with torch.no_grad():
+        m(**batches["left"])
+        assert eager_layers == [K]  # the other layers keep SDPA: FastV's saving is not eaten by eager attention
+        eager_layers.clear()
+        with A.capture_attention() as maps:
+            m(**batches["left"])
+    assert eager_layers == list(range(len(blocks(m, "llm")))) and sorted(maps) == eager_layers
 
 
 def test_fastv_generates_on_its_cache(fv):

@@ -127,6 +127,11 @@ def capture_attention_forward(module: nn.Module, query, key, value, attention_ma
 register_attention("vlkit_capture", capture_attention_forward)
 
 
+def capturing() -> bool:
+    """Whether a :func:`capture_attention` context is active (an attention function then returns maps)."""
+    return bool(_captures)
+
+
 @contextlib.contextmanager
 def capture_attention() -> Iterator[dict[int, torch.Tensor]]:
     """Collect attention maps of layers running ``vlkit_capture`` (notebook 03).

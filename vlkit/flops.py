@@ -134,9 +134,9 @@ class Keep:
 
 @dataclass(frozen=True)
 class ToMe:
-    """ToMe in the tower: ``plan[i]`` tokens merged in layer i, after its attention and before its MLP."""
+    """ToMe in the tower: ``merges[i]`` tokens merged in layer i, after its attention and before its MLP."""
 
-    plan: tuple[int, ...]
+    merges: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -187,19 +187,19 @@ def prefill_flops(vision: Stack, llm: Stack, connector: ConnectorCost, n_patches
     the other half x one head's width, since ToMe averages the keys over heads) or :class:`FastV`
     (layers after K, and the LM head, see the kept visual tokens and the text; its ranking is no matmul).
     """
-    plan = reduction.plan if isinstance(reduction, ToMe) else ()
-    if len(plan) > vision.layers:
-        raise ValueError(f"a ToMe plan of {len(plan)} layers for a {vision.layers}-layer tower")
+    merges = reduction.merges if isinstance(reduction, ToMe) else ()
+    if len(merges) > vision.layers:
+        raise ValueError(f"ToMe merges in {len(merges)} layers of a {vision.layers}-layer tower")
     t = n_patches + int(cls)
     tower, attention, compressor = vision.embed(n_patches), 0, 0
     for i in range(vision.layers):
-        r = plan[i] if i < len(plan) else 0
+        r = merges[i] if i < len(merges) else 0
         tower += vision.layer(t, t - r)
         attention += vision.attention(t)
         if r:
             compressor += 2 * ((t + 1) // 2) * (t // 2) * vision.head_dim  # side A (even) x side B (odd)
         t -= r
-    visual = n_patches - sum(plan)
+    visual = n_patches - sum(merges)
     conn = connector.per_token * visual
     if isinstance(reduction, Keep):
         visual, compressor = reduction.tokens, compressor + reduction.cost
@@ -242,7 +242,7 @@ def reduction_for(compressor, vision: Stack, llm: Stack, n_patches: int, cls: bo
         return None
     if isinstance(c, ToMeCompressor):
         merging = feature_layer % (vision.layers + 1)
-        return ToMe(tuple(c.plan if c.plan is not None else c._plan(n + int(cls), merging, int(cls))))
+        return ToMe(tuple(c.merges if c.merges is not None else c.schedule_merges(n + int(cls), merging, int(cls))))
     if isinstance(c, FastVCompressor):
         return FastV(c.K, c.keep_ratio)
     if isinstance(c, (Pool, RandomSubset)):

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
 from vlkit import attention
 from vlkit.compression import Compressor, register_compressor
 from vlkit.insertions import blocks
@@ -67,8 +69,9 @@ def last_real_index(attention_mask: torch.Tensor | None, batch: int, length: int
 class _Run:
     """FastV's state for one LLM call: where it ranks, which keys it pruned, whether it drops."""
 
-    def __init__(self, layer: int, keep_ratio: float, drop: bool):
+    def __init__(self, layer: int, keep_ratio: float, drop: bool, base: str = "eager"):
         self.layer, self.keep_ratio, self.drop = layer, keep_ratio, drop
+        self.base = base                          # the LLM's attention before FastV: the layers that do not rank
         self.query: torch.Tensor | None = None    # [B] index (in this call) of the token that ranks
         self.pruned: torch.Tensor | None = None   # [B, keys] pruned image positions; None until decided
         self.dropping = False                     # this call drops instead of masking
@@ -90,7 +93,8 @@ class _Run:
 
 def fastv_attention(module: nn.Module, query, key, value, attention_mask, scaling: float, dropout: float = 0.0,
                     **kwargs):
-    """Eager attention that ranks at layer K and, when masking, blocks the pruned image keys after it.
+    """Attention that ranks at layer K (eagerly: it needs the probabilities) and, when masking, blocks the
+    pruned image keys after it; the other layers run the kernel the LLM ran before FastV (SDPA or eager).
 
     Registered as ``"vlkit_fastv"``; :class:`FastV` switches the LLM to it and back. It records maps
     under :func:`vlkit.attention.capture_attention`, as ``vlkit_capture`` does.
@@ -104,8 +108,16 @@ def fastv_attention(module: nn.Module, query, key, value, attention_mask, scalin
     layer = module.layer_idx
     if layer > run.layer and run.pruned is not None and not run.dropping:
         attention_mask = run.block(attention_mask, key.shape[-2])
+    ranks = layer == run.layer and run.pruned is None
+    if not ranks and run.base == "sdpa" and not attention.capturing():
+        # only the ranking layer needs the probabilities: the others keep the model's fused kernel, so FastV
+        # saves what its FLOPs predict under SDPA too (benchmarks/bench_compression.py, docs/speed.md)
+        mask = attention_mask[..., : key.shape[-2]]
+        if mask.dtype != query.dtype:  # the eager mask is built in the model's dtype; SDPA wants the query's
+            mask = mask.clamp(min=torch.finfo(query.dtype).min).to(query.dtype)
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
     out, probs = attention.capture_attention_forward(module, query, key, value, attention_mask, scaling, dropout)
-    if layer == run.layer and run.pruned is None:
+    if ranks:
         run.decide(probs, attention.image_key_mask(query.shape[0], key.shape[-2]))
     return out, probs
 
@@ -213,7 +225,8 @@ class FastV(Compressor):
     keeps all slots; :meth:`effective_tokens` is what the layers after K see. ``pruned`` holds the
     last call's decision ([B, positions] bool), e.g. to show which patches survived.
 
-    FastV replaces the LLM's attention function (eager, with the probabilities it ranks by) and
+    FastV replaces the LLM's attention function (eager at layer K, for the probabilities it ranks by;
+    the LLM's own SDPA or eager kernel in the other layers, and eager everywhere while capturing) and
     restores it on ``detach``; a model running another vlkit attention (CMAI) is refused, since
     FastV would switch it off silently.
     """
@@ -253,7 +266,7 @@ class FastV(Compressor):
                              "which it would switch off; use sdpa or eager")
         self.detach(model)
         self._attention = "sdpa" if current == ATTENTION else current
-        run = self._run = _Run(self.K, self.keep_ratio, self.drop)
+        run = self._run = _Run(self.K, self.keep_ratio, self.drop, base=self._attention)
         for layer in layers:
             layer.self_attn._vlkit_fastv = run  # a plain object: not a submodule, not in the state dict
             self._modules_patched.append(layer.self_attn)

@@ -232,7 +232,7 @@ class ToMe(Compressor):
         if any(not isinstance(v, int) or v < 0 for v in rs):
             raise ValueError(f"tome: r={r!r} must be a non-negative int or a list of them")
         self.keep_ratio, self.r, self.prop_attn = keep_ratio, r, prop_attn
-        self.plan: list[int] | None = None  # r per merging layer, set by attach
+        self.merges: list[int] | None = None  # r per merging layer, set by attach
         self._state: _State | None = None
         self._patched: list[nn.Module] = []
         self._hooks: list = []
@@ -247,13 +247,15 @@ class ToMe(Compressor):
         """[B, T, 1]: the first patch (raster index, [cls] = 0) of each token of the last tower call."""
         return None if self._state is None else self._state.pos
 
-    # the plan needs the tower, so it is made in attach; VLModel counts tokens after attaching
+    # the merges need the tower, so they are scheduled in attach; VLModel counts tokens after attaching
     def num_tokens(self, n: int) -> int:
-        if self.plan is None:
+        if self.merges is None:
             raise RuntimeError("tome counts its tokens once attached to a model (VLModel.set_token_reduction)")
-        return n - sum(self.plan)
+        return n - sum(self.merges)
 
-    def _plan(self, tokens: int, layers: int, protected: int) -> list[int]:
+    def schedule_merges(self, tokens: int, layers: int, protected: int) -> list[int]:
+        """r per merging layer for a tower of ``tokens`` (``protected`` of them never merge, [cls]); raises when
+        the keep ratio or r is out of ToMe's reach."""
         patches = tokens - protected
         most = reachable(tokens, layers, protected)
         if self.keep_ratio is not None:
@@ -293,7 +295,7 @@ class ToMe(Compressor):
             raise ValueError(f"tome patches CLIP/SigLIP-style encoder layers ({', '.join(parts)}, self_attn.k_proj); "
                              f"this tower's are {type(layers[0]).__name__}")
         protected = int(model.has_cls)
-        plan = self._plan(model.num_patches + protected, merging, protected)  # raises before anything changes
+        plan = self.schedule_merges(model.num_patches + protected, merging, protected)  # raises before anything changes
         self.detach(model)
         state = self._state = _State()
         heads = model.config.vision_config.num_attention_heads
@@ -304,7 +306,7 @@ class ToMe(Compressor):
             self._patched.append(layer)
             if r:
                 self._hooks.append(layer.self_attn.k_proj.register_forward_hook(_keep_keys(state)))
-        self.plan = plan
+        self.merges = plan
 
     def detach(self, model) -> None:
         for h in self._hooks:

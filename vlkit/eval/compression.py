@@ -112,7 +112,7 @@ def measure(model, processor, configs: dict[str, Config], problems: dict[str, di
                          "flops": analytic_flops(model, n_text).as_dict(),
                          "flops_7b": flops_7b(method, options, n_text).as_dict()}
             if isinstance(model.compressor, ToMe):
-                out[name]["tome_plan"] = list(model.compressor.plan)
+                out[name]["tome_merges"] = list(model.compressor.merges)
             calls[name] = ((lambda m=method, o=options: model.set_token_reduction(m, **o)), b)
         latency = interleaved_prefills(model, calls, reference=reference, repeats=repeats)
     finally:
