@@ -143,6 +143,22 @@ def test_stage2_repeats_the_binding_questions_only(cfg):
     assert dataclasses.replace(cfg, binding_repeats=3).stage2(VARIANT).key != cfg.stage2(VARIANT).key
 
 
+def test_a_token_reduction_reanswers_only_the_image_problems(cfg, monkeypatch):
+    import vlkit.eval.suite as suite
+    spec = dataclasses.replace(cfg.eval_spec(blind=False), bench=None, efficiency=False)
+    stage = cfg.stage2(VARIANT)
+    plain = suite.evaluate(suite.Evaluation(stage, spec))
+    asked, real = [], suite.answer_problems
+    monkeypatch.setattr(suite, "answer_problems",
+                        lambda m, p, problems, *a, **kw: asked.append(set(problems)) or real(m, p, problems, *a, **kw))
+    out = suite.evaluate(suite.Evaluation(stage, spec, suite.Switches("random", {"keep_ratio": 0.5})))
+    test = sqa.select(sqa.load_problems(_root(cfg)), split="test")
+    img = sqa.select(test, has_image=True)
+    assert asked == [set(img)] and len(img) < len(test)
+    assert set(out["answers"]) == set(test) and out["scienceqa"]["total"] == len(test)
+    assert all(out["answers"][p] == plain["answers"][p] for p in test if p not in img)
+
+
 def test_evaluation_scores_end_to_end_and_blind_blanks_the_image(cfg, monkeypatch, capsys):
     model, proc = load_stage(cfg.stage2(VARIANT))
     root = _root(cfg)

@@ -40,6 +40,12 @@ class Switches:
     attention: str | None = None
     attention_options: dict = field(default_factory=dict)
 
+    @property
+    def image_only(self) -> bool:
+        """Whether these switches change only what the model sees of an image (a token reduction, no
+        attention change): a problem without an image is then answered as without them."""
+        return self.token_reduction is not None and self.attention is None
+
     def apply(self, model) -> None:
         if self.token_reduction is not None:
             model.set_token_reduction(self.token_reduction, **self.token_reduction_options)
@@ -122,11 +128,19 @@ def evaluate(ev: Evaluation) -> dict:
     ``bench_answers`` when ``bench``, ``answers`` / ``answers_blind`` (pid -> text),
     ``prefill_flops`` and ``latency`` when ``efficiency``, and ``seconds`` (of this evaluation: loading
     the trained model and answering, not training it).
+
+    With image-only switches (:attr:`Switches.image_only`: a token reduction) only the problems with an
+    image are answered; the others take the answers of the same stage and spec without switches,
+    evaluated first when not cached.
     """
     from vlkit.benchmarks import llava_bench as lb
     from vlkit.stages import load_stage, train_stage
     from vlkit.world.scienceqa import ensure_scienceqa
     spec = ev.spec
+
+    # a token reduction changes only the image problems: the others keep the unswitched model's answers
+    # (cached, the reference such switches are compared with), so each compressor setting costs only them
+    unswitched = evaluate(Evaluation(ev.stage, spec)) if ev.switches.image_only and not ev.is_done() else None
 
     def build(tmp: Path) -> None:
         train_stage(ev.stage, progress=spec.progress)  # training is not part of the evaluation's seconds
@@ -141,7 +155,11 @@ def evaluate(ev: Evaluation) -> dict:
         # the matmuls in the precision the model trained in
         autocast = torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=spec.mixed_precision == "bf16")
         with autocast:
-            answers = answer_problems(model, proc, test, root, **kw)
+            if unswitched is None:
+                answers = answer_problems(model, proc, test, root, **kw)
+            else:
+                seen = answer_problems(model, proc, sqa.select(test, has_image=True), root, **kw)
+                answers = {pid: seen.get(pid, unswitched["answers"][pid]) for pid in test}
             binding = binding_subset(test)
             result.update(scienceqa=sqa.score(test, answers, split=None), binding=subset_accuracy(binding, answers),
                           answers=answers)
