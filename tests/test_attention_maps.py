@@ -81,12 +81,20 @@ def test_a_methods_own_attention_is_kept_and_must_record(tiny):
         attention.record(module, probs)
         return out, probs
 
+    def first_layer_only(module, q, k, v, mask, scaling, dropout=0.0, **kw):
+        out, probs = attention.eager_attention(module, q, k, v, mask, scaling, dropout)
+        if module.layer_idx == 0:
+            attention.record(module, probs)
+        return out, probs
+
     attention.register_attention("test_silent", silent)
     attention.register_attention("test_recording", recording)
+    attention.register_attention("test_first_layer_only", first_layer_only)
     try:
-        attention.set_attention(m.language_model, "test_silent")
-        with pytest.raises(RuntimeError, match=r"vlkit\.attention\.record"):
-            capture_generation(m, p, RED, PROMPT, max_new_tokens=2)
+        for name in ("test_silent", "test_first_layer_only"):
+            attention.set_attention(m.language_model, name)
+            with pytest.raises(RuntimeError, match=r"vlkit\.attention\.record"):
+                capture_generation(m, p, RED, PROMPT, max_new_tokens=2)
         attention.set_attention(m.language_model, "test_recording")
         calls.clear()
         g = capture_generation(m, p, RED, PROMPT, max_new_tokens=2)

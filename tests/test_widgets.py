@@ -158,3 +158,24 @@ def test_vmtc_view_draws_the_models_plan():
     drawn = _heat(e)
     assert np.isclose(np.nansum(drawn), e.cache.to_image(1, None, 0).sum())
 
+
+
+def test_recent_pictures_come_from_the_memo():
+    m = T.model().eval()
+    e = AttentionExplorer(m, T.processor(m), IMAGE, PROMPT, max_new_tokens=1, memo=2)
+    e.select(view="text → image", layer=0, head="mean", token=0)
+    first = e.figure
+    e.select(layer=1)
+    assert e.figure is not first
+    e.select(layer=0)
+    assert e.figure is first  # drawn once, shown again
+    e.select(head=1)  # a third picture: the memo keeps the last two
+    e.select(layer=1)
+    assert len(e._pictures) == 2
+    e.select(head="mean", layer=0)
+    assert e.figure is not first  # the oldest was dropped and is drawn anew
+    plain = AttentionExplorer(m, T.processor(m), IMAGE, PROMPT, max_new_tokens=1, memo=0)
+    shown = plain.figure
+    plain.select(layer=0)
+    plain.select(layer=1)
+    assert plain.figure is not shown and not plain._pictures

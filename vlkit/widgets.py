@@ -25,6 +25,7 @@ import html
 import io
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -168,12 +169,17 @@ class AttentionExplorer:
     :meth:`select` sets them from code, :meth:`snapshot` saves the views as one PNG. ``figure`` is the
     matplotlib figure on show, ``redraw_ms`` how long the last redraw took, ``error`` why the last one
     failed (also shown in the widget, in place of a picture).
+
+    The last ``memo`` pictures are kept, so going back to a pick shows it at once; a view that no control
+    changes ("kept + clusters": 576 outlined patches take ~0.3 s at LLaVA's grid) is drawn when the explorer is
+    built. ``benchmarks/bench_explorer.py`` times redraws.
     """
 
     def __init__(self, model, processor, image, prompt: str, max_new_tokens: int = 12,
-                 figsize: tuple[float, float] = (5.2, 4.4), dpi: int = 90):
+                 figsize: tuple[float, float] = (5.2, 4.4), dpi: int = 100, memo: int = 64):
         self.cache = capture_generation(model, processor, image, prompt, max_new_tokens)
-        self.figsize, self.dpi = figsize, dpi
+        self.figsize, self.dpi, self.memo = figsize, dpi, memo
+        self._pictures: OrderedDict[tuple, tuple[Figure, bytes]] = OrderedDict()
         self.views: dict[str, View] = {}
         self.unavailable: dict[str, str] = {}
         for view in views():
@@ -197,6 +203,10 @@ class AttentionExplorer:
         self._build_widgets()
         self._configure(self.views[self.view.value])
         self._redraw()
+        for view in self.views.values():
+            if view.tower is None and not view.uses_token:
+                with contextlib.suppress(Exception):  # an error shows when the view is picked
+                    self._picture(view, self.selection())
 
     # --- widgets ---------------------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -210,7 +220,8 @@ class AttentionExplorer:
         first_answer = len(c.queries) - len(c.answer)
         self.token = W.Dropdown(options=[(f"{q.kind} {q.index}: {q.label}", i) for i, q in enumerate(c.queries)],
                                 value=first_answer, description="query token", style=style)
-        self.image = W.Image(format="png")
+        # at the figure's own pixel size: a VBox stretches its children to its width, which would scale it up
+        self.image = W.Image(format="png", layout=W.Layout(width=f"{round(self.figsize[0] * self.dpi)}px"))
         self.message = W.HTML()
         self.view.observe(self._on_view, names="value")
         for control in (self.layer, self.head, self.token):
@@ -277,19 +288,33 @@ class AttentionExplorer:
             raise ValueError(f"view {name!r} is not available for this model: {self.unavailable[name]}")
         raise ValueError(f"unknown view {name!r}; this explorer has: {', '.join(self.views)}")
 
+    def _picture(self, view: View, selection: Selection) -> tuple[Figure, bytes]:
+        """The figure and PNG of ``view`` at ``selection``, from the memo when it was drawn lately."""
+        key = (view.name, *((selection.layer, selection.head) if view.tower else ()),
+               selection.token if view.uses_token else None)
+        if key in self._pictures:
+            self._pictures.move_to_end(key)
+            return self._pictures[key]
+        fig = self.render(view.name, selection)
+        buf = io.BytesIO()
+        # zlib level 1: a third the encoding time of the default for a picture a browser shows once
+        fig.savefig(buf, format="png", dpi=self.dpi, pil_kwargs={"compress_level": 1})
+        if self.memo > 0:
+            self._pictures[key] = fig, buf.getvalue()
+            while len(self._pictures) > self.memo:
+                self._pictures.popitem(last=False)
+        return fig, buf.getvalue()
+
     def _redraw(self) -> None:
         start = time.perf_counter()
         try:
-            fig = self.render(self.view.value)
-            buf = io.BytesIO()
-            # zlib level 1: a third the encoding time of the default for a picture a browser shows once
-            fig.savefig(buf, format="png", dpi=self.dpi, pil_kwargs={"compress_level": 1})
+            fig, png = self._picture(self._view(self.view.value), self.selection())
         except Exception as e:  # noqa: BLE001 - shown in the widget: an observer's exception would vanish in a log
             self.figure, self.error, self.image.value = None, f"{type(e).__name__}: {e}", b""
             self.message.value = (f"<b style='color:#b00020'>cannot draw {html.escape(self.view.value)}: "
                                   f"{html.escape(self.error)}</b>")
             return
-        self.figure, self.error, self.image.value = fig, None, buf.getvalue()
+        self.figure, self.error, self.image.value = fig, None, png
         self.redraw_ms = (time.perf_counter() - start) * 1e3
         self.message.value = self._caption()
 

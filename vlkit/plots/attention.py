@@ -38,6 +38,15 @@ def _checked(values, what: str) -> np.ndarray:
     return v
 
 
+def _finish(ax, im, title: str | None, colorbar: str | None):
+    """Title and colour bar of a heat map, and its figure."""
+    if title:
+        ax.set_title(title, fontsize=9)
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=colorbar)
+    return ax.figure
+
+
 def patch_heatmap(image, values, grid: tuple[int, int], ax=None, title: str | None = None,
                   vmax: float | None = None, colorbar: str | None = "attention"):
     """``values`` [rows * cols] (row-major over the patch grid; NaN = no value, e.g. a dropped patch, drawn grey) as a
@@ -55,11 +64,7 @@ def patch_heatmap(image, values, grid: tuple[int, int], ax=None, title: str | No
                    extent=(-0.5, w - 0.5, h - 0.5, -0.5), vmin=0, vmax=vmax if vmax is not None else np.nanmax(v))
     ax.set_xticks([])
     ax.set_yticks([])
-    if title:
-        ax.set_title(title, fontsize=9)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=colorbar)
-    return ax.figure
+    return _finish(ax, im, title, colorbar)
 
 
 def token_strip(values, ax=None, title: str | None = None, xlabel: str = "visual token",
@@ -73,11 +78,7 @@ def token_strip(values, ax=None, title: str | None = None, xlabel: str = "visual
     if v.size <= 32:  # one tick per token while they stay readable; matplotlib's own beyond
         ax.set_xticks(range(v.size))
     ax.set_xlabel(xlabel, fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    if colorbar:
-        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label=colorbar)
-    return ax.figure
+    return _finish(ax, im, title, colorbar)
 
 
 def image_share_bars(tokens: Sequence[str], shares, ax=None, highlight: int | None = None,
