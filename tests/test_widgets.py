@@ -179,3 +179,23 @@ def test_recent_pictures_come_from_the_memo():
     plain.select(layer=0)
     plain.select(layer=1)
     assert plain.figure is not shown and not plain._pictures
+
+
+def test_every_view_draws_under_fastv_and_tome():
+    """FastV keeps its own attention (it records) and prunes tokens after K: pruned tokens get no attention
+    there; ToMe's merged tokens are off the patch grid: the text -> image view draws them as a strip."""
+    m = T.model().eval()
+    p = T.processor(m)
+    m.set_token_reduction("fastv", K=0, keep_ratio=0.5)
+    e = AttentionExplorer(m, p, IMAGE, PROMPT, max_new_tokens=2)
+    last = len(e.cache.queries) - 1
+    assert (e.cache.to_image(1, None, last) == 0).sum() == 2 and (e.cache.to_image(0, None, last) > 0).all()
+    for view in e.views:
+        e.select(view=view)
+    m.set_token_reduction("tome", keep_ratio=0.6)
+    e = AttentionExplorer(m, p, IMAGE, PROMPT, max_new_tokens=2)
+    assert e.cache.patch_slot is None and "kept + clusters" in e.unavailable
+    e.select(view="text → image", layer=1)
+    assert e.figure.axes[0].images[0].get_array().shape == (1, len(e.cache.image_positions))
+    e.select(view="vision [cls] → patches", layer=1)  # after ToMe's merge in layer 0: no grid either
+    assert e.figure.axes[0].images[0].get_array().shape == (1, 2)
