@@ -5,8 +5,11 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= full
 ONLY    ?=
+# the browser test's Chromium: the Debian package (tests/test_explorer_browser.py)
+CHROMIUM ?= /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run smoke test lab bench clean-artifacts
+.PHONY: run smoke test lab bench clean-artifacts chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,9 +27,16 @@ run: $(STAMP)
 smoke: $(STAMP)
 	$(BIN)/vlkit run --profile smoke $(if $(ONLY),--only $(ONLY))
 
-## The test suite (unit tests + a smoke papermill run of every notebook)
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+## The test suite (unit tests + a smoke papermill run of every notebook + the widgets in a real browser)
+test: $(STAMP) chromium
+	VLKIT_CHROMIUM=$(CHROMIUM) $(BIN)/python -m pytest -q
+
+## Chromium for the browser test, from apt when it is missing (a fresh machine's package lists may be empty)
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  command -v apt-get >/dev/null || { echo "no $(CHROMIUM) and no apt-get: install Chromium, then make test CHROMIUM=/path/to/chromium"; exit 1; }; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || { \
+	    $(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }; }
 
 ## JupyterLab on the notebooks
 lab: $(STAMP)

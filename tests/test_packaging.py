@@ -57,6 +57,18 @@ def test_ci_calls_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
 
 
+def test_the_browser_test_gets_chromium_and_playwright_and_lab_gets_the_widgets_extension():
+    from importlib.metadata import requires
+    dev = " ".join(pyproject()["project"]["optional-dependencies"]["dev"])
+    assert re.search(r"\bplaywright\b", dev)
+    make = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bchromium\b", make, re.M), "make test must install Chromium first"
+    assert re.search(r"^chromium:\n(\t.*\n)*\t.*apt-get install -y chromium", make, re.M)
+    assert "make chromium" in (ROOT / ".ci" / "run").read_text()
+    # JupyterLab renders widgets through jupyterlab_widgets, which ipywidgets (a dependency) requires
+    assert any(r.replace("-", "_").startswith("jupyterlab_widgets") for r in requires("ipywidgets"))
+
+
 def test_atomic_writes_leave_normal_permissions(tmp_path):
     import os
     import stat

@@ -7,7 +7,9 @@ attention layer, and builds its mask with the function registered under the same
 text->image pairs, notebook 07) is a plain function registered here; the LLM code is untouched.
 
 Built in: ``"sdpa"`` and ``"eager"`` (transformers), and ``"vlkit_capture"``: eager attention
-that also records each layer's attention probabilities while :func:`capture_attention` is active.
+that also records each layer's attention probabilities while :func:`capture_attention` is active
+(the last forward's, or every forward's: each decoding step of a generation, for the attention
+explorer, :mod:`vlkit.widgets`). A registered function of a paper's own records through :func:`record`.
 
 Every registered function can ask where the image tokens are: :class:`vlkit.model.VLModel` sets
 the current batch's image positions around each LLM call (:func:`image_positions`), and
@@ -24,7 +26,7 @@ from torch import nn
 from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-_captures: list[dict[int, torch.Tensor]] = []  # stack: nested capture_attention contexts
+_captures: list["AttentionMaps"] = []  # stack: nested capture_attention contexts
 _image_mask: contextvars.ContextVar[torch.Tensor | None] = contextvars.ContextVar("vlkit_image_mask", default=None)
 
 
@@ -115,12 +117,44 @@ def eager_attention(module: nn.Module, query, key, value, attention_mask, scalin
     return out, probs
 
 
+class AttentionMaps(dict):
+    """``layer_idx -> [B, H, Q, K]`` probabilities of the last forward call, and with ``steps`` every call's.
+
+    What :func:`capture_attention` yields. As a dict it holds the last forward's maps (a generation's later
+    steps overwrite earlier ones), as it always has. ``steps`` (when asked for) lists one such dict per
+    forward call in order: for a generation the prefill first, then one per decoding step (notebook 07,
+    :mod:`vlkit.widgets`). A call ends when a layer records again: each decoder layer runs once per forward.
+    """
+
+    def __init__(self, keep_steps: bool = False):
+        super().__init__()
+        self.steps: list[dict[int, torch.Tensor]] | None = [] if keep_steps else None
+
+    def add(self, layer: int, probs: torch.Tensor) -> None:
+        if self.steps is not None:
+            if not self.steps or layer in self.steps[-1]:
+                self.steps.append({})
+            self.steps[-1][layer] = probs
+        self[layer] = probs
+
+
+def record(module: nn.Module, probs: torch.Tensor) -> None:
+    """Record attention probabilities [B, H, Q, K] of ``module`` (a layer) in the active capture, if any.
+
+    For attention functions registered outside this module (CMAI, FastV): calling this makes them visible
+    to :func:`capture_attention` and so to the attention explorer, without running eager attention twice.
+    """
+    if _captures:
+        maps = _captures[-1]
+        layer = getattr(module, "layer_idx", None)
+        maps.add(len(maps) if layer is None else layer, probs.detach())
+
+
 def capture_attention_forward(module: nn.Module, query, key, value, attention_mask, scaling: float,
                               dropout: float = 0.0, **kwargs):
     """Eager attention that records probabilities [B, H, Q, K] per layer when capturing."""
     out, probs = eager_attention(module, query, key, value, attention_mask, scaling, dropout, **kwargs)
-    if _captures:
-        _captures[-1][getattr(module, "layer_idx", len(_captures[-1]))] = probs.detach()
+    record(module, probs)
     return out, probs
 
 
@@ -133,18 +167,22 @@ def capturing() -> bool:
 
 
 @contextlib.contextmanager
-def capture_attention() -> Iterator[dict[int, torch.Tensor]]:
-    """Collect attention maps of layers running ``vlkit_capture`` (notebook 03).
+def capture_attention(steps: bool = False) -> Iterator[AttentionMaps]:
+    """Collect attention maps of layers running ``vlkit_capture`` (or any function that :func:`record` s) (notebook 03).
 
     ``with capture_attention() as maps: model(**batch)`` -> ``maps[layer_idx]`` is [B, H, Q, K]
-    (the last forward call's maps; generation steps overwrite earlier ones).
+    (the last forward call's maps; generation steps overwrite earlier ones). With ``steps=True``,
+    ``maps.steps[i][layer_idx]`` also keeps forward call ``i``'s: a generation's prefill ([B, H, T, T])
+    and then each decoding step's ([B, H, 1, T + i]), the attention that chose generated token ``i``.
+    Only the innermost of nested contexts records.
     """
-    maps: dict[int, torch.Tensor] = {}
+    maps = AttentionMaps(keep_steps=steps)
     _captures.append(maps)
     try:
         yield maps
     finally:
-        _captures.remove(maps)
+        # by identity: list.remove compares dicts by value, and two empty captures are equal
+        del _captures[next(i for i, m in enumerate(_captures) if m is maps)]
 
 
 def set_attention(model: nn.Module, name: str) -> None:

@@ -66,9 +66,9 @@ def metric_panels(table: pd.DataFrame, reference: str, chance: dict[str, float] 
     return fig
 
 
-def _draw(ax, image, assignment: np.ndarray, kept: np.ndarray):
-    """``image`` with its patch grid: a kept token outlined in white, a merged patch tinted by its slot's
-    colour, a dropped patch darkened."""
+def draw_plan(ax, image, assignment: np.ndarray, kept: np.ndarray):
+    """``image`` with its patch grid on ``ax``: a kept token outlined in white, a merged patch tinted by its
+    slot's colour, a dropped patch darkened (notebook 06; the attention explorer's VMTC view draws it too)."""
     arr = np.asarray(image.convert("RGB"), dtype=float) / 255
     n = len(assignment)
     side = int(round(n ** 0.5))
@@ -110,7 +110,7 @@ def token_overlays(image, overlays: dict[tuple[str, float], dict | None], method
                 ax.set_xticks([])
                 ax.set_yticks([])
             else:
-                _draw(ax, image, cell["assignment"], cell["kept"])
+                draw_plan(ax, image, cell["assignment"], cell["kept"])
             if i == 0:
                 ax.set_title(f"keep {ratio:.0%}", fontsize=9)
             if j == 0:
