@@ -1,7 +1,9 @@
 """Notebook 06's recipe (vlkit.recipes.compression): the grid per profile, what ToMe and FastV can reach on the
-tiny backbones, the fine-tuned stages as notebook 03's stage 2 with a compressor in the model spec, the rows'
-keys, the best other method read from cached evaluations, and the dry-run plan."""
+tiny backbones, the fine-tuned arms as continuations of notebook 03's stage 2 with and without a compressor, the
+rows' keys, the best other method read from cached evaluations, and the dry-run plan."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
@@ -61,28 +63,27 @@ def test_the_grid_runs_on_notebook_03s_main_model_one_evaluation_per_point(full)
     assert [r.name for r in rows] == [p.name for p in C.grid(full)]
 
 
-def test_the_fine_tuned_stage_is_notebook_03s_stage_2_with_the_compressor_in_its_model(full):
+def test_the_fine_tuned_arms_continue_notebook_03s_stage_2_alike_but_for_the_compressor(full):
     for seed in (0, 2):
-        base, ft = full.llava.stage2(llava.MAIN, seed), full.compressed_stage("vmtc", seed)
+        base = full.llava.stage2(llava.MAIN, seed)
+        ft, control = full.compressed_stage("vmtc", seed), full.control_stage(seed)
         assert ft.model.compressor == "vmtc" and ft.model.compressor_options == {"keep_ratio": 0.5}
-        assert ft.model.replace(compressor="identity", compressor_options={}) == base.model
-        assert ft.train == base.train and ft.data == base.data
-        assert ft.init.key == base.init.key == full.llava.stage1("linear", seed).key  # the same stage 1
-        assert ft.key != base.key
+        assert ft.model.replace(compressor="identity", compressor_options={}) == control.model == base.model
+        assert ft.init.key == control.init.key == base.key  # both continue notebook 03's own model
+        assert ft.train == control.train and ft.data == control.data == base.data
+        assert ft.train.steps == control.train.steps == full.adapt_steps < base.train.steps
+        assert ft.train == dataclasses.replace(base.train, steps=full.adapt_steps) and ft.train.seed == seed
+        assert len({ft.key, control.key, base.key}) == 3
     assert full.compressed_stage("fastv", 0).model.compressor_options == {"K": 1, "keep_ratio": 0.5}
-
-
-def test_reference_rows_are_notebook_03s_so_its_cache_is_reused(full):
-    ours = C.reference_rows(full, [0, 1, 2])
-    theirs = [r for r in llava.plan(full.llava, [0, 1, 2]) if r.name == llava.MAIN.name]
-    assert [r.evaluation.key for r in ours] == [r.evaluation.key for r in theirs]
+    with pytest.raises(ValueError, match="adapt_steps"):
+        C.CompressionConfig.for_profile("full", adapt_steps=0)
 
 
 def test_fine_tuned_rows(full):
     rows = C.finetune_rows(full, [0, 1, 2], "pool")
-    assert [(r.name, r.seed) for r in rows] == [("vmtc 50%, fine-tuned", s) for s in (0, 1, 2)] + [
-        ("pool 50%, fine-tuned", 0)]
-    assert len(C.finetune_rows(full, [0, 1, 2], None)) == 3
+    assert [(r.name, r.seed) for r in rows] == [("uncompressed 100%, fine-tuned", s) for s in (0, 1, 2)] + [
+        ("vmtc 50%, fine-tuned", s) for s in (0, 1, 2)] + [("pool 50%, fine-tuned", 0)]
+    assert len(C.finetune_rows(full, [0, 1, 2], None)) == 6
     with pytest.raises(ValueError, match="besides vmtc"):
         C.finetune_rows(full, [0], "vmtc")
     with pytest.raises(ValueError, match="at least one training seed"):
@@ -121,17 +122,19 @@ def test_bad_configs_are_refused(overrides, message):
 
 
 def test_from_parameters_and_the_dry_run_plan(artifacts):
-    cfg, grid, reference, finetuned = C.from_parameters("full", seed=0, train_seeds=[0, 1], ratios=[0.1, 0.5])
-    assert cfg.ratios == (0.1, 0.5) and [r.seed for r in reference] == [0, 1]
-    assert [r.name for r in finetuned] == ["vmtc 50%, fine-tuned"] * 2  # no other method before the grid is evaluated
+    cfg, grid, finetuned = C.from_parameters("full", seed=0, train_seeds=[0, 1], ratios=[0.1, 0.5])
+    assert cfg.ratios == (0.1, 0.5) and [r.seed for r in finetuned] == [0, 1, 0, 1]
+    # no other method before the grid is evaluated
+    assert [r.name for r in finetuned] == ["uncompressed 100%, fine-tuned"] * 2 + ["vmtc 50%, fine-tuned"] * 2
     lines = plans.describe("06_visual_token_compression.ipynb", {"profile": "full", "seed": 0, "train_seeds": [0, 1],
                                                                  "ratios": [0.1, 0.5]})
     text = "\n".join(lines)
     assert "skip  tome 10%: ToMe reaches keep ratio 0.125" in text
     assert "eval  vmtc 10% (seed 0)" in text and "to evaluate" in text
-    assert "train stage 2 (vmtc 50%, fine-tuned, seed 1)" in text
+    assert "train stage 2 + 64 steps (vmtc 50%, seed 1)" in text
+    assert "train stage 2 + 64 steps (uncompressed 100%, seed 0)" in text
     assert "train the best other method at 50%" in text
-    assert sum("short VQA" in line for line in lines) == len(grid) + len(reference) + len(finetuned)
+    assert sum("short VQA" in line for line in lines) == len(grid) + len(finetuned)
     assert not any(cache.is_cached(p) for p in artifacts.glob("*/*"))  # planning built nothing
 
 
@@ -141,17 +144,17 @@ def test_percent_names():
 
 
 @pytest.mark.slow
-def test_vmtc_trains_in_stage_2_with_the_compressor_on(artifacts, smoke):
+def test_vmtc_trains_on_with_the_compressor_on(artifacts, smoke):
     import torch
 
     from vlkit.stages import load_stage, stage_info
     ft, _ = load_stage(smoke.compressed_stage("vmtc", 0), progress=False)
     assert ft.compressor.name == "vmtc" and ft.num_image_tokens == 32  # half of the 64 patches reach the LLM
     info = stage_info(smoke.compressed_stage("vmtc", 0), progress=False)
-    assert len(info["loss"]) == smoke.llava.stage2_steps and all(torch.isfinite(torch.tensor(info["loss"])))
-    base, _ = load_stage(smoke.reference_stage(0), progress=False)
+    assert len(info["loss"]) == smoke.adapt_steps and all(torch.isfinite(torch.tensor(info["loss"])))
+    base, _ = load_stage(smoke.control_stage(0), progress=False)
     assert base.compressor.name == "identity"
-    # same seed, data, steps and stage 1: only the compressor differs, so a difference in the trained LLM is
+    # same start, seed, data and steps: only the compressor differs, so a difference in the trained LLM is
     # the compressed tokens' doing (a compressor ignored in training would leave the weights identical)
     theirs = base.language_model.state_dict()
     changed = [n for n, w in ft.language_model.state_dict().items() if not torch.equal(w, theirs[n])]

@@ -63,6 +63,20 @@ def test_real_format_round_trip_and_columns(tmp_path):
     assert "NAT" in sqa.format_table(s) and "2/4 correct" in sqa.format_table(s)
 
 
+def test_an_unchanged_file_is_parsed_once_and_each_caller_gets_its_own_problems(tmp_path, monkeypatch):
+    _real_format(tmp_path)
+    reads, real = [], sqa._read_json
+    monkeypatch.setattr(sqa, "_read_json", lambda path: reads.append(path) or real(path))
+    a, b = sqa.load_problems(tmp_path), sqa.load_problems(tmp_path / "problems.json")
+    assert len(reads) == 1 and a == b
+    a["5"]["question"] = "changed by one caller"
+    assert sqa.load_problems(tmp_path)["5"]["question"] != "changed by one caller"
+    data = json.loads((tmp_path / "problems.json").read_text())
+    data["5"]["question"] = "Which animal's feet are adapted for swimming?"
+    (tmp_path / "problems.json").write_text(json.dumps(data))  # a changed file is read again
+    assert sqa.load_problems(tmp_path)["5"]["question"] == data["5"]["question"] and len(reads) == 2
+
+
 def test_missing_image_file_is_an_error(tmp_path):
     _real_format(tmp_path)
     (tmp_path / "images" / "test" / "12" / "image.png").unlink()

@@ -78,16 +78,17 @@ def notebook_06(p: dict) -> list[str]:
     from vlkit import experiment
     from vlkit.eval import short_vqa
     from vlkit.recipes import compression as C
-    cfg, grid, reference, finetuned = C.from_parameters(**p)
+    cfg, grid, finetuned = C.from_parameters(**p)
     spec = cfg.short_vqa_spec()
     lines = ["  (training-free grid on notebook 03's main model)"] + experiment.describe(grid)
     lines += [f"  skip  {method} {C.percent(ratio)}: {why}" for method, ratio, why in C.skipped(cfg)]
-    lines += ["  (notebook 03's main row at every training seed: the uncompressed arm)"] + experiment.describe(reference)
-    lines += ["  (stage 2 trained with compression on)"] + experiment.describe(finetuned)
-    if not any(r.name != C.finetuned_name("vmtc", cfg) for r in finetuned):
+    lines += [f"  (notebook 03's main model trained on for {cfg.adapt_steps} steps: uncompressed, and with "
+              "compression on)"] + experiment.describe(finetuned)
+    arms = {C.finetuned_name("identity", cfg), C.finetuned_name("vmtc", cfg)}
+    if not any(r.name not in arms for r in finetuned):
         lines.append(f"  train the best other method at {C.percent(cfg.finetune_ratio)}: chosen once the grid "
                      "at that ratio is evaluated")
-    for row in grid + reference + finetuned:
+    for row in grid + finetuned:
         ev = row.evaluation
         done = short_vqa.is_done(ev.stage, spec, ev.switches)
         lines.append(f"  short VQA {row.name + f' (seed {row.seed})':<36} {'cached' if done else 'to evaluate'}")

@@ -6,10 +6,17 @@ Two parts:
   its main variant, the first training seed) at each keep ratio, evaluated by the common suite with a
   :class:`vlkit.eval.suite.Switches` (one cached evaluation per method and ratio) plus the short-answer
   VQA set (:mod:`vlkit.eval.short_vqa`); the uncompressed model under the same spec is the 100% point;
-- **fine-tuned**: stage 2 of notebook 03's main variant trained with VMTC on at 50% (the model spec
-  carries the compressor, so training and evaluation see the same tokens), from the same stage 1, at
-  every training seed; the best other method at 50% (by the training-free grid) at the first seed. The
-  uncompressed counterpart is notebook 03's main row at the same seeds, cached by notebook 03.
+- **fine-tuned**: notebook 03's main model (stage 2, each training seed) trained on for ``adapt_steps``
+  more steps of its own stage-2 recipe with VMTC on at 50% (the model spec carries the compressor, so
+  training and evaluation see the same tokens); the control arm is the same continuation without a
+  compressor, so the two arms differ by the compressor only, training budget included. The best other
+  method at 50% (by the training-free grid) is trained the same way at the first seed.
+
+Why a continuation and not stage 2 from stage 1 with the compressor on: a stage 2 costs ~90 s here,
+and four of them (VMTC at three seeds, the best other method at one) took 370 of the notebook's
+10 minutes beside a grid of 35 evaluations (notebook 06's first full runs: 790 s in all;
+docs/findings_06.md). The continuation asks how a trained model fares once it is adapted to the
+reduced tokens, the way a token reduction is usually applied to a released LLaVA.
 
 Limits of the tiny backbones, stated rather than hidden: ToMe merges at most half of the unprotected
 tokens per layer in the tower layers before the feature layer, so it cannot reach every ratio
@@ -76,7 +83,8 @@ class CompressionConfig:
     ``llava``: notebook 03's config (its main model, data, benchmark, batch and precision). ``ratios``:
     the keep ratios of the training-free grid; ``full_grid``: every method at every ratio (False, the smoke
     profile: every method at ``finetune_ratio``, VMTC also at every ratio). ``finetune_ratio``: the
-    budget trained in stage 2. ``fastv_K``: FastV's ranking layer (0-based). ``short_vqa``: questions of
+    budget the fine-tuned arms train with; ``adapt_steps``: the steps of stage 2's recipe (batch, learning
+    rates, data) they train on for, from notebook 03's stage 2 (64: a fifth of its 320). ``fastv_K``: FastV's ranking layer (0-based). ``short_vqa``: questions of
     the short-answer set (200 at full: 300 cost ~1 s more per evaluation, ~40 s over the notebook's 39,
     past its 10 minutes). ``margin``: points an arm may lose and still count as "accuracy kept" (the paper
     loses 0.4 on GQA and 0.1 on VQA-v2 at 50%; a point is that rounded up). ``latency_repeats``,
@@ -89,6 +97,7 @@ class CompressionConfig:
     methods: tuple[str, ...] = METHODS
     full_grid: bool = True
     finetune_ratio: float = 0.5
+    adapt_steps: int = 64
     fastv_K: int = 1
     short_vqa: int = 200
     margin: float = 1.0
@@ -110,6 +119,8 @@ class CompressionConfig:
             raise ValueError("notebook 06 fine-tunes VMTC: methods must include 'vmtc'")
         if not 0 < self.finetune_ratio < 1:
             raise ValueError(f"finetune_ratio must be in (0, 1), got {self.finetune_ratio}")
+        if not isinstance(self.adapt_steps, int) or self.adapt_steps < 1:
+            raise ValueError(f"adapt_steps must be a positive number of steps, got {self.adapt_steps!r}")
         layers = self.llava.backbones.llm_layers
         if not self.llava.llm and not 0 <= self.fastv_K <= layers - 2:
             raise ValueError(f"fastv_K={self.fastv_K}: a {layers}-layer LLM needs 0 <= K <= {layers - 2} "
@@ -122,7 +133,7 @@ class CompressionConfig:
 
         ``ratios`` (None: :data:`RATIOS`) and overrides equal to None keep the profile's value."""
         lcfg = llava.LlavaConfig.for_profile(profile, **dict(overrides.pop("llava", {})))
-        sizes = {"smoke": dict(full_grid=False, fastv_K=0, short_vqa=12, latency_repeats=3, latency_batch=4,
+        sizes = {"smoke": dict(full_grid=False, fastv_K=0, short_vqa=12, adapt_steps=2, latency_repeats=3, latency_batch=4,
                                token_images=16, n_boot=200),
                  "full": {}}
         if profile not in sizes:
@@ -188,14 +199,23 @@ class CompressionConfig:
         return self.llava.stage2(llava.MAIN, seed)
 
     def compressed_stage(self, method: str, seed: int) -> Stage:
-        """Notebook 03's stage 2 with ``method`` on at ``finetune_ratio`` while it trains, from the same stage 1.
+        """Notebook 03's main model trained on for ``adapt_steps`` with ``method`` on at ``finetune_ratio``.
 
-        Only the model spec changes (its compressor and options): the data, steps, learning rates and
-        the stage-1 connector it starts from are notebook 03's, so the two arms differ by the compressor."""
-        base = self.reference_stage(seed)
+        The continuation of :meth:`control_stage` with the compressor in the model spec: same start (notebook
+        03's stage 2 at ``seed``), data, batch, learning rates and steps, so the arms differ by the compressor."""
         p = self.point(method, self.finetune_ratio)
-        model = base.model.replace(compressor=method, compressor_options=p.compressor_options)
-        return dataclasses.replace(base, model=model, label=f"stage 2 ({p.name}, fine-tuned, seed {seed})")
+        return self._continued(seed, p.name, compressor=method, compressor_options=p.compressor_options)
+
+    def control_stage(self, seed: int) -> Stage:
+        """Notebook 03's main model trained on for ``adapt_steps`` of its stage-2 recipe, uncompressed: the
+        fine-tuned comparison's reference arm (the same extra training as the compressed arms)."""
+        return self._continued(seed, REFERENCE)
+
+    def _continued(self, seed: int, name: str, **model) -> Stage:
+        base = self.reference_stage(seed)
+        return dataclasses.replace(base, model=base.model.replace(**model) if model else base.model,
+                                   train=dataclasses.replace(base.train, steps=self.adapt_steps), init=base,
+                                   label=f"stage 2 + {self.adapt_steps} steps ({name}, seed {seed})")
 
 
 def grid(cfg: CompressionConfig) -> list[Point]:
@@ -224,14 +244,10 @@ def grid_rows(cfg: CompressionConfig, seed: int = 0) -> list[Row]:
     return [Row(p.name, Evaluation(stage, cfg.eval_spec(), p.switches)) for p in grid(cfg)]
 
 
-def reference_rows(cfg: CompressionConfig, train_seeds: list[int]) -> list[Row]:
-    """Notebook 03's main row at every training seed (its own evaluation, cached by notebook 03): the
-    uncompressed arm of the fine-tuned comparison."""
-    return llava.plan(cfg.llava, train_seeds, variants=(llava.MAIN,))
-
-
 def finetuned_name(method: str, cfg: CompressionConfig) -> str:
-    return f"{cfg.point(method, cfg.finetune_ratio).name}, fine-tuned"
+    """``"vmtc 50%, fine-tuned"``; ``"uncompressed 100%, fine-tuned"`` for the control (``"identity"``)."""
+    name = REFERENCE if method == "identity" else cfg.point(method, cfg.finetune_ratio).name
+    return f"{name}, fine-tuned"
 
 
 def best_other(cfg: CompressionConfig, seed: int = 0) -> str | None:
@@ -251,12 +267,14 @@ def best_other(cfg: CompressionConfig, seed: int = 0) -> str | None:
 
 
 def finetune_rows(cfg: CompressionConfig, train_seeds: list[int], other: str | None) -> list[Row]:
-    """VMTC at ``finetune_ratio`` trained in stage 2 at every training seed; ``other`` (the best other method,
-    :func:`best_other`) at the first seed; both on the grid's evaluation spec."""
+    """The uncompressed control and VMTC at ``finetune_ratio``, trained on at every training seed; ``other``
+    (the best other method, :func:`best_other`) at the first seed; all on the grid's evaluation spec."""
     if not train_seeds:
         raise ValueError("train_seeds must name at least one training seed")
-    rows = [Row(finetuned_name("vmtc", cfg), Evaluation(cfg.compressed_stage("vmtc", s), cfg.eval_spec()))
+    rows = [Row(finetuned_name("identity", cfg), Evaluation(cfg.control_stage(s), cfg.eval_spec()))
             for s in train_seeds]
+    rows += [Row(finetuned_name("vmtc", cfg), Evaluation(cfg.compressed_stage("vmtc", s), cfg.eval_spec()))
+             for s in train_seeds]
     if other is not None:
         if other == "vmtc" or other not in cfg.methods:
             raise ValueError(f"the other method must be one of {cfg.methods} besides vmtc, got {other!r}")
@@ -266,16 +284,14 @@ def finetune_rows(cfg: CompressionConfig, train_seeds: list[int], other: str | N
 
 
 def from_parameters(profile: str, seed: int = 0, train_seeds=(0,), ratios=None,
-                    **_) -> tuple[CompressionConfig, list[Row], list[Row], list[Row]]:
-    """Notebook 06's config, its grid rows (first training seed), notebook 03's reference rows and the
-    fine-tuned rows (the best other method once the grid at 50% is evaluated); the notebook and ``vlkit
-    run --dry-run`` both call this."""
+                    **_) -> tuple[CompressionConfig, list[Row], list[Row]]:
+    """Notebook 06's config, its grid rows (first training seed) and the fine-tuned rows (the best other
+    method once the grid at 50% is evaluated); the notebook and ``vlkit run --dry-run`` both call this."""
     train_seeds = list(train_seeds)
     if not train_seeds:
         raise ValueError("train_seeds must name at least one training seed")
     cfg = CompressionConfig.for_profile(profile, ratios=ratios, llava={"seed": seed})
-    return (cfg, grid_rows(cfg, train_seeds[0]), reference_rows(cfg, train_seeds),
-            finetune_rows(cfg, train_seeds, best_other(cfg, train_seeds[0])))
+    return cfg, grid_rows(cfg, train_seeds[0]), finetune_rows(cfg, train_seeds, best_other(cfg, train_seeds[0]))
 
 
 # --- what the results files get besides the common suite --------------------------------------------
@@ -330,7 +346,7 @@ class Extras:
         # SDPA's attention on CPU too (vlkit.flops)
         stage = row.evaluation.stage
         point = (self.cfg.point(stage.model.compressor, stage.model.compressor_options["keep_ratio"]).name
-                 if stage.model.compressor != "identity" else None)
+                 if stage.model.compressor != "identity" else REFERENCE)
         m = m or self.measured.get(point)
         if m is not None:
             out["prefill_flops"] = m["flops"]["total"]
@@ -345,10 +361,10 @@ class Extras:
 class Finetuned:
     """The fine-tuned comparison of notebook 06 (:func:`compare_finetuned`).
 
-    ``img`` / ``short``: VMTC fine-tuned minus notebook 03's uncompressed rows, every seed, paired over the
-    image problems / the short-answer questions, with their ``*_verdict`` on "accuracy kept" (no worse than
-    ``margin`` points); ``training_free``: VMTC fine-tuned minus VMTC switched on without training (first
-    seed); ``other``: the best other method fine-tuned minus uncompressed (first seed), None without one;
+    ``img`` / ``short``: VMTC fine-tuned minus the uncompressed control fine-tuned alike, every seed, paired
+    over the image problems / the short-answer questions, with their ``*_verdict`` on "accuracy kept" (no
+    worse than ``margin`` points); ``training_free``: VMTC fine-tuned minus VMTC switched on without training
+    (first seed); ``other``: the best other method fine-tuned minus the control (first seed), None without one;
     ``values``: metric -> arm -> per-seed accuracy, for :func:`vlkit.plots.compression.finetune_comparison`."""
 
     img: object
@@ -360,22 +376,24 @@ class Finetuned:
     values: dict
 
 
-def compare_finetuned(cfg: CompressionConfig, grid_out: list, reference_out: list, finetuned_out: list,
-                      extras: Extras, subset: dict[str, dict]) -> Finetuned:
+def compare_finetuned(cfg: CompressionConfig, grid_out: list, finetuned_out: list, extras: Extras,
+                      subset: dict[str, dict]) -> Finetuned:
     """Paired comparisons of the fine-tuned rows (notebook 06): outcomes of :func:`vlkit.experiment.run` on
-    :func:`grid_rows`, :func:`reference_rows` and :func:`finetune_rows`; ``subset``: the problems compared
-    (the image problems); the short-answer questions are ``extras``' set."""
+    :func:`grid_rows` and :func:`finetune_rows`; ``subset``: the problems compared (the image problems); the
+    short-answer questions are ``extras``' set. Notebook 03's model before the extra steps (the grid's
+    reference) joins ``values`` for the figure."""
     from vlkit import stats
     from vlkit.eval.short_vqa import correct_matrix as short_matrix
     from vlkit.experiment import correct_matrix
     questions = extras.sets(cfg.eval_spec())[1]
-    first = reference_out[0].row.seed
-    ref_name, vmtc = reference_out[0].row.name, finetuned_name("vmtc", cfg)
+    control, vmtc = finetuned_name("identity", cfg), finetuned_name("vmtc", cfg)
+    first = next(o.row.seed for o in finetuned_out if o.row.name == control)
     vmtc_free = cfg.point("vmtc", cfg.finetune_ratio).name
-    arms = {f"{ref_name} (notebook 03)": [o for o in reference_out if o.row.name == ref_name],
+    arms = {control: [o for o in finetuned_out if o.row.name == control],
             vmtc: [o for o in finetuned_out if o.row.name == vmtc],
+            f"{REFERENCE} (notebook 03, before)": [o for o in grid_out if o.row.name == REFERENCE],
             f"{vmtc_free}, training-free": [o for o in grid_out if o.row.name == vmtc_free]}
-    others = [o for o in finetuned_out if o.row.name != vmtc]
+    others = [o for o in finetuned_out if o.row.name not in (control, vmtc)]
     if others:
         method = others[0].row.name.split(" ")[0]
         arms[others[0].row.name] = others
