@@ -55,14 +55,15 @@ def test_every_notebook_runs_on_the_smoke_profile(tmp_path, monkeypatch):
     for nb in ("04", "06"):  # no two rows of a notebook share a file
         assert len({(r["variant"], r["train_seed"]) for r in written if r["notebook"] == nb}) == len(
             results.load(run_dir, nb))
-    # notebook 06: every grid point (every method at least once), three fine-tuned VMTC seeds and the best
-    # other method, each with the counting subset, the short-answer set and, for the grid, its tokens and
-    # the latency measured against the uncompressed model in the same process
+    # notebook 06: every grid point (every method at least once), three fine-tuned VMTC seeds, their three
+    # uncompressed controls and the best other method, each with the counting subset, the short-answer set and,
+    # for the grid, its tokens and the latency measured against the uncompressed model in the same process
     nb06 = {(r["variant"], r["train_seed"]): r for r in results.load(run_dir, "06")}
     grid = [p.name for p in compression.grid(compression.CompressionConfig.for_profile("smoke"))]
     assert {(name, 0) for name in grid} <= set(nb06)
     assert sum(v == "vmtc 50%, fine-tuned" for v, _ in nb06) == 3
-    assert sum(v.endswith("fine-tuned") and not v.startswith("vmtc") for v, _ in nb06) == 1
+    assert sum(v == "uncompressed 100%, fine-tuned" for v, _ in nb06) == 3
+    assert sum(v.endswith("fine-tuned") and not v.startswith(("vmtc", "uncompressed")) for v, _ in nb06) == 1
     for (variant, _), r in nb06.items():
         assert {"Counting", "Short VQA"} <= set(r["metrics"]) and "chance" in r["baselines"]["Short VQA"]
         assert r["prefill_flops"] == r["prefill_flops_analytic"]["tiny"]["total"] > 0
